@@ -1,0 +1,1 @@
+"""Bridge: the ZeroMQ job server, its client, and the OSC control surface."""

@@ -1,0 +1,1 @@
+"""Stemweave engine: denoisers, priors, samplers and the tasks built on them."""

@@ -1,0 +1,1 @@
+"""Data: procedural Slakh-like songs, FluidSynth rendering, and training datasets."""

@@ -1,0 +1,1 @@
+"""Export: model backends (torch, TorchScript, ONNX Runtime) and exporters."""

@@ -1,0 +1,1 @@
+"""Presets: the papers' sampler settings as TOML, shipped as package data."""

@@ -1,0 +1,3 @@
+from stemweave.cli import main
+
+raise SystemExit(main())
