@@ -1,0 +1,147 @@
+"""The model registry: shipped models in engine/models/, and loading any model file as a prior or a separator.
+
+A shipped model is `engine/models/<name>.safetensors` + `<name>.json` (package
+data). `load_prior` turns an msdm or isdm model file into the engine's
+`JointPrior` / `IndependentPrior` over EDM denoisers; `load_separator` turns
+a regression model file into a `RegressionSeparator`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from stemweave.engine.checkpoints import ModelFile, load_model, read_card, save_model
+from stemweave.engine.denoiser import EDMDenoiser
+from stemweave.engine.priors import IndependentPrior, JointPrior
+
+MODEL_DIR = Path(__file__).resolve().parent / "models"
+
+
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of the shipped models (optionally only one kind: msdm, isdm, regression)."""
+    names = []
+    for card_path in sorted(MODEL_DIR.glob("*.json")):
+        if not card_path.with_suffix(".safetensors").exists():
+            continue
+        if kind is None or read_card(card_path).get("kind") == kind:
+            names.append(card_path.stem)
+    return names
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The card path of a shipped model's name or of a model file path (.safetensors, .json, or their shared stem)."""
+    path = Path(name_or_path)
+    for candidate in (path, path.with_suffix(".json") if path.suffix != ".json" else path):
+        if candidate.suffix in (".json", ".safetensors") and candidate.exists():
+            return candidate.with_suffix(".json")
+    shipped = MODEL_DIR / f"{name_or_path}.json"
+    if shipped.exists():
+        return shipped
+    known = ", ".join(list_models()) or "none shipped yet"
+    raise ValueError(f"unknown model {str(name_or_path)!r}: not a model file and not a shipped model (known: {known})")
+
+
+def project_to_mixture(stems: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+    """Add (y - sum_k s_k) / K to every stem, so the stems sum to the mixture y exactly (up to float rounding).
+
+    stems: (batch, K, time); mixture: (batch, 1, time).
+    """
+    return stems + (mixture - stems.sum(dim=1, keepdim=True)) / stems.shape[1]
+
+
+class RegressionSeparator(nn.Module):
+    """A discriminative separator: mixture (B, 1, T) -> stems (B, K, T) that sum to the mixture.
+
+    T must be a multiple of `stride`; the region layer pads windows.
+    """
+
+    def __init__(self, net: nn.Module, stems: Sequence[str], card: dict[str, Any] | None = None):
+        super().__init__()
+        if net.in_channels != 1 or net.out_channels != len(stems):
+            raise ValueError(f"a regression separator maps 1 channel to {len(stems)} stems; the network maps "
+                             f"{net.in_channels} to {net.out_channels}")
+        self.net = net
+        self.stems = tuple(stems)
+        self.card = dict(card or {})
+
+    @property
+    def stride(self) -> int:
+        return self.net.stride
+
+    @property
+    def rate(self) -> int | None:
+        return self.card.get("rate")
+
+    @property
+    def window(self) -> int | None:
+        return self.card.get("window")
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+        if mixture.dim() != 3 or mixture.shape[1] != 1:
+            raise ValueError(f"expected a mono mixture (batch, 1, time), got {tuple(mixture.shape)}")
+        return project_to_mixture(self.net(mixture), mixture)  # (batch, K, time)
+
+
+def _load(name_or_path: str | Path, device) -> ModelFile:
+    return load_model(resolve_model(name_or_path), device=device)
+
+
+def denoiser_of(net: nn.Module, card: dict[str, Any]) -> EDMDenoiser:
+    return EDMDenoiser(net, sigma_data=card.get("sigma_data", 0.2), clamp=card.get("clamp", True)).eval()
+
+
+def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> JointPrior | IndependentPrior:
+    """An msdm model as a `JointPrior`, an isdm model as an `IndependentPrior`; the card is at `.card`."""
+    model = _load(name_or_path, device)
+    if model.kind == "msdm":
+        prior = JointPrior(denoiser_of(model.net, model.card), model.stems)
+    elif model.kind == "isdm":
+        prior = IndependentPrior([denoiser_of(model.nets[s], model.card) for s in model.stems], model.stems)
+    else:
+        raise ValueError(f"{model.card['name']} is a {model.kind} model, not a prior; load it with load_separator")
+    prior.card = model.card
+    prior.stride = next(iter(model.nets.values())).stride
+    return prior
+
+
+def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu") -> RegressionSeparator:
+    """A regression model file as a `RegressionSeparator` (eval mode)."""
+    model = _load(name_or_path, device)
+    if model.kind != "regression":
+        raise ValueError(f"{model.card['name']} is a {model.kind} prior, not a regression separator; load it with load_prior")
+    return RegressionSeparator(model.net, model.stems, model.card).to(device).eval()
+
+
+def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: bool = False) -> tuple[Path, Path]:
+    """Merge one-stem isdm model files (one per `stemweave train --stem S` run) into one isdm model file."""
+    models = [_load(p, "cpu") for p in parts]
+    nets, training, metrics = {}, {}, {}
+    for model in models:
+        if model.kind != "isdm":
+            raise ValueError(f"{model.card['name']} is {model.kind}, not isdm")
+        for stem in model.stems:
+            if stem in nets:
+                raise ValueError(f"stem {stem!r} appears twice")
+            nets[stem] = model.nets[stem]
+            training[stem] = model.card.get("training", {})
+            metrics[stem] = model.card.get("metrics", {})
+    card = models[0].card
+    config = {k: card[k] for k in ("rate", "window", "sigma_data", "clamp")} | {"name": card["config"].get("name")}
+    return save_model(out, nets, name=name, kind="isdm", stems=list(nets), config=config,
+                      training={"per_stem": training}, metrics={"per_stem": metrics}, fp16=fp16)
+
+
+__all__ = [
+    "MODEL_DIR",
+    "RegressionSeparator",
+    "combine_isdm",
+    "list_models",
+    "load_prior",
+    "load_separator",
+    "project_to_mixture",
+    "resolve_model",
+]

@@ -1,0 +1,455 @@
+"""Training loop for the score network (EDM diffusion: MSDM / ISDM) and the regression separator.
+
+One loop for both objectives, on CPU or CUDA unchanged:
+
+- diffusion: EDM loss (`edm_loss`) with sigma ~ LogNormal(-3, 1) (`sample_training_sigma`),
+  the K stems as channels (MSDM) or one stem (ISDM, `stem=`);
+- regression: mixture (sum of the stems) -> K stems, projected to sum to the
+  mixture, L1 against the true stems.
+
+AdamW, an EMA of the weights, gradient clipping, bf16 autocast on CUDA only,
+atomic resumable checkpoints (`<run>/checkpoints/last.pt`, every N steps and
+at exit, also on SIGTERM), a tqdm bar with loss and steps/s,
+`<run>/metrics.jsonl`, validation loss per sigma bucket (diffusion) or
+SI-SDR / SI-SDRi per stem (regression) with the EMA weights, and
+deterministic seeds (a resumed run draws a new, seeded data stream).
+`export_model` writes the EMA weights as a model file (safetensors + card).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stemweave.engine.checkpoints import atomic_torch_save, save_model
+from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_training_sigma
+from stemweave.engine.models import MODEL_DIR, RegressionSeparator
+from stemweave.engine.unet import UNet1d, count_parameters, load_config
+
+STEMS = ("bass", "drums", "guitar", "piano")
+OBJECTIVES = ("diffusion", "regression")
+VALID_SIGMAS = (0.005, 0.02, 0.05, 0.2, 0.5, 1.0)  # buckets of the validation loss (diffusion)
+CHECKPOINT = "checkpoints/last.pt"
+
+
+@dataclass
+class TrainSettings:
+    config: str | dict = "cpu-small"  # a config name or path (engine/configs), or a config dict
+    objective: str = "diffusion"
+    stems: tuple[str, ...] = STEMS
+    stem: str | None = None  # ISDM: train a one-stem prior on this stem
+    run_dir: str = "runs/default"
+    steps: int = 100_000  # the step count to reach (a resumed run continues to it)
+    batch: int | None = None  # default: the config's [train] batch
+    lr: float | None = None
+    weight_decay: float | None = None
+    ema_decay: float | None = None
+    grad_clip: float | None = None
+    checkpoint_every: int | None = None  # steps
+    checkpoint_minutes: float = 10.0  # also checkpoint at least this often
+    valid_every: int | None = None
+    valid_windows: int = 32
+    log_every: int = 50
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    workers: int = 0
+    resume: str = "auto"  # "auto" (last checkpoint if any), "never", or a checkpoint path
+    data: tuple[str, ...] = ()
+    valid: tuple[str, ...] = ()
+    progress: bool = True
+
+    def model_stems(self) -> tuple[str, ...]:
+        return (self.stem,) if self.stem else tuple(self.stems)
+
+    def kind(self) -> str:
+        if self.objective == "regression":
+            return "regression"
+        return "isdm" if self.stem else "msdm"
+
+
+def resolve_config(settings: TrainSettings) -> dict[str, Any]:
+    """The config dict with in/out channels and conditioning set from the objective and the stems."""
+    config = copy.deepcopy(settings.config if isinstance(settings.config, dict) else load_config(settings.config))
+    k = len(settings.model_stems())
+    unet = dict(config["unet"])
+    if settings.objective == "diffusion":
+        unet.update(in_channels=k, out_channels=k, conditioning=True)
+    else:
+        unet.update(in_channels=1, out_channels=k, conditioning=False)
+    config["unet"] = unet
+    train = dict(config.get("train", {}))
+    for key, default in (("batch", 8), ("lr", 1e-4), ("weight_decay", 0.0), ("ema_decay", 0.999), ("grad_clip", 1.0),
+                         ("checkpoint_every", 500), ("valid_every", 500)):
+        value = getattr(settings, key)
+        train[key] = value if value is not None else train.get(key, default)
+    train.setdefault("betas", [0.9, 0.99])
+    config["train"] = train
+    return config
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+class Objective(nn.Module):
+    """Wraps the U-Net with its loss: `loss(batch)` for training, `validate(batches)` for the EMA copy."""
+
+    def __init__(self, net: UNet1d, objective: str, config: dict[str, Any]):
+        super().__init__()
+        self.net = net
+        self.objective = objective
+        if objective == "diffusion":
+            self.denoiser = EDMDenoiser(net, sigma_data=config.get("sigma_data", 0.2), clamp=config.get("clamp", True))
+        else:
+            self.separator = RegressionSeparator(net, [str(i) for i in range(net.out_channels)])
+
+    def loss(self, stems: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """stems: (batch, K, time) clean stems."""
+        if self.objective == "diffusion":
+            sigma = sample_training_sigma(stems.shape[0], generator=generator).to(stems.device)  # LogNormal(-3, 1)
+            noise = torch.randn(stems.shape, generator=generator).to(stems.device)
+            return edm_loss(self.denoiser, stems, sigma, noise)
+        mixture = stems.sum(dim=1, keepdim=True)  # (batch, 1, time)
+        return F.l1_loss(self.separator(mixture), stems)
+
+
+def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SDR in dB over the last axis."""
+    alpha = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps)
+    target = alpha * reference
+    return 10 * torch.log10((target.pow(2).sum(-1) + eps) / ((estimate - target).pow(2).sum(-1) + eps))
+
+
+@torch.no_grad()
+def validate(model: Objective, windows: torch.Tensor, batch: int, device: torch.device, seed: int) -> dict[str, float]:
+    """Diffusion: the EDM loss at each fixed sigma of VALID_SIGMAS (fixed noise). Regression: SI-SDR(i) per stem.
+
+    windows: (N, K, time) fixed validation windows.
+    """
+    model.eval()
+    results: dict[str, float] = {}
+    generator = torch.Generator().manual_seed(seed)
+    if model.objective == "diffusion":
+        totals = {s: 0.0 for s in VALID_SIGMAS}
+        for start in range(0, len(windows), batch):
+            x0 = windows[start : start + batch].to(device)
+            for s in VALID_SIGMAS:
+                noise = torch.randn(x0.shape, generator=generator).to(device)
+                sigma = torch.full((x0.shape[0],), s, device=device)
+                totals[s] += edm_loss(model.denoiser, x0, sigma, noise).item() * x0.shape[0]
+        for s, total in totals.items():
+            results[f"loss@sigma={s:g}"] = total / len(windows)
+        results["loss"] = sum(results.values()) / len(VALID_SIGMAS)
+    else:
+        sums: dict[str, list[float]] = {}
+        for start in range(0, len(windows), batch):
+            stems = windows[start : start + batch].to(device)
+            mixture = stems.sum(dim=1, keepdim=True)
+            estimate = model.separator(mixture)
+            active = stems.pow(2).mean(-1).sqrt() > 1e-4  # score only non-silent reference stems
+            score = si_sdr(estimate, stems)
+            improvement = score - si_sdr(mixture.expand_as(stems), stems)
+            for k in range(stems.shape[1]):
+                sums.setdefault(f"si_sdr/{k}", []).extend(score[active[:, k], k].tolist())
+                sums.setdefault(f"si_sdri/{k}", []).extend(improvement[active[:, k], k].tolist())
+        for key, values in sums.items():
+            results[key] = sum(values) / len(values) if values else float("nan")
+        stems_i = [v for k, v in results.items() if k.startswith("si_sdri/") and not math.isnan(v)]
+        results["si_sdri"] = sum(stems_i) / len(stems_i) if stems_i else float("nan")
+    model.train()
+    return results
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers copied), with a short warm-up."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema, p in zip(self.module.parameters(), module.parameters()):
+            ema.lerp_(p.detach(), 1 - decay)
+        for ema, b in zip(self.module.buffers(), module.buffers()):
+            ema.copy_(b)
+
+
+def _infinite(loader: Iterable) -> Iterator[torch.Tensor]:
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("the training data yielded no windows")
+
+
+def _take_windows(dataset: Iterable, n: int) -> torch.Tensor:
+    windows = []
+    for window in dataset:
+        windows.append(torch.as_tensor(window, dtype=torch.float32))
+        if len(windows) >= n:
+            break
+    return torch.stack(windows)
+
+
+class StopRequested:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading_is_main():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _settings_record(settings: TrainSettings) -> dict[str, Any]:
+    record = asdict(settings)
+    for key, value in record.items():
+        if isinstance(value, tuple):
+            record[key] = list(value)
+    return record
+
+
+def train(
+    settings: TrainSettings,
+    dataset: Iterable | None = None,
+    valid_dataset: Iterable | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Run (or resume) a training run to `settings.steps`; returns a summary (step, last loss, validation).
+
+    `dataset` / `valid_dataset` are iterables of (K, window) float32 windows; by
+    default StemChunks over `settings.data` / `settings.valid`.
+    """
+    if settings.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {settings.objective!r}")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = pick_device(settings.device)
+    config = resolve_config(settings)
+    hp = config["train"]
+    run_dir = Path(settings.run_dir)
+    checkpoint_path = run_dir / CHECKPOINT
+    stems = settings.model_stems()
+
+    torch.manual_seed(settings.seed)
+    net = UNet1d(config["unet"]).to(device)
+    model = Objective(net, settings.objective, config).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
+    ema = EMA(model, hp["ema_decay"])
+    generator = torch.Generator().manual_seed(settings.seed + 1)  # sigma and noise draws
+    step, history_seconds = 0, 0.0
+
+    resume_from = None
+    if settings.resume == "auto" and checkpoint_path.exists():
+        resume_from = checkpoint_path
+    elif settings.resume not in ("auto", "never"):
+        resume_from = Path(settings.resume)
+        if not resume_from.exists():
+            raise ValueError(f"no checkpoint {resume_from} to resume from")
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location=device, weights_only=True)
+        saved = state["settings"]
+        for key in ("objective", "stem"):
+            if saved.get(key) != getattr(settings, key):
+                raise ValueError(f"{resume_from} was trained with {key}={saved.get(key)!r}, not {getattr(settings, key)!r}; "
+                                 "use another --run-dir or --resume never")
+        if state["config"]["unet"] != config["unet"] or tuple(saved["stems"]) != tuple(settings.stems) and not settings.stem:
+            raise ValueError(f"{resume_from} has another network config or stems; use another --run-dir or --resume never")
+        net.load_state_dict(state["net"])
+        ema.module.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = hp["lr"]
+        generator.set_state(state["generator"])
+        step, history_seconds = int(state["step"]), float(state["seconds"])
+        log(f"resumed {resume_from} at step {step}")
+
+    if dataset is None:
+        if not settings.data:
+            raise ValueError("no training data: pass --data DIR")
+        from stemweave.engine.data.datasets import StemChunks
+
+        dataset = StemChunks(list(settings.data), config["window"], stems=stems, rate=config["rate"],
+                             augment=True, seed=settings.seed)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(step)  # a resumed run gets a new, seeded stream, not a replay of the first windows
+    if valid_dataset is None and settings.valid:
+        from stemweave.engine.data.datasets import StemChunks
+
+        valid_dataset = StemChunks(list(settings.valid), config["window"], stems=stems, rate=config["rate"],
+                                   seed=12345, min_active_stems=min(2, len(stems)))
+    valid_windows = _take_windows(valid_dataset, settings.valid_windows) if valid_dataset is not None else None
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=hp["batch"], num_workers=settings.workers,
+                                         pin_memory=device.type == "cuda")
+    batches = _infinite(loader)
+    parameters = count_parameters(net)
+    log(f"{settings.kind()} {config.get('name')} ({parameters / 1e6:.2f}M parameters) on {device}, "
+        f"{torch.get_num_threads()} threads, batch {hp['batch']} x {config['window']} samples, stems {list(stems)}, "
+        f"steps {step} -> {settings.steps}")
+
+    def save_checkpoint() -> None:
+        atomic_torch_save(
+            {
+                "step": step,
+                "seconds": history_seconds,
+                "net": net.state_dict(),
+                "ema": ema.module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "config": config,
+                "settings": _settings_record(settings),
+                "last_validation": last_validation,
+            },
+            checkpoint_path,
+        )
+
+    metrics_file = run_dir / "metrics.jsonl"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_validation: dict[str, float] = {}
+    last_loss = float("nan")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    bar = _progress(settings, step)
+    window_start, window_steps, window_loss = time.time(), 0, 0.0
+    last_save = time.time()
+    model.train()
+    with StopRequested() as stop, open(metrics_file, "a") as metrics:
+        try:
+            while step < settings.steps and not stop.requested:
+                t0 = time.time()
+                stems_batch = next(batches).to(device, non_blocking=True)  # (batch, K, time)
+                with autocast:
+                    loss = model.loss(stems_batch, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
+                optimizer.step()
+                ema.update(model, step)
+                step += 1
+                history_seconds += time.time() - t0
+                last_loss = loss.item()
+                window_steps += 1
+                window_loss += last_loss
+                bar.update(1)
+                if step % settings.log_every == 0 or step == settings.steps:
+                    rate = window_steps / max(time.time() - window_start, 1e-9)
+                    record = {"step": step, "loss": window_loss / window_steps, "grad_norm": float(grad_norm),
+                              "steps_per_s": rate, "time": time.time()}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{rate:.2f}")
+                    if not settings.progress:
+                        log(f"step {step} loss {record['loss']:.4f} {rate:.2f} steps/s ({rate * 3600:.0f}/h)")
+                    window_start, window_steps, window_loss = time.time(), 0, 0.0
+                if valid_windows is not None and (step % hp["valid_every"] == 0 or step == settings.steps):
+                    last_validation = validate(ema.module, valid_windows, hp["batch"], device, settings.seed)
+                    metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")
+                    metrics.flush()
+                    log(f"step {step} validation (EMA): " + ", ".join(f"{k} {v:.4g}" for k, v in last_validation.items()))
+                if step % hp["checkpoint_every"] == 0 or time.time() - last_save > 60 * settings.checkpoint_minutes:
+                    save_checkpoint()
+                    last_save = time.time()
+        finally:
+            bar.close()
+            save_checkpoint()
+            log(f"checkpoint at step {step}: {checkpoint_path}")
+    return {"step": step, "loss": last_loss, "validation": last_validation, "checkpoint": str(checkpoint_path),
+            "parameters": parameters, "seconds": history_seconds}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(settings: TrainSettings, step: int):
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=settings.steps, initial=step, disable=not settings.progress, unit="step", dynamic_ncols=True,
+                mininterval=1.0 if interactive else 60.0, file=sys.stderr)
+
+
+def export_model(
+    run_dir: str | Path,
+    name: str,
+    out_dir: str | Path = MODEL_DIR,
+    fp16: bool = False,
+    metrics: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write the EMA weights of a run's last checkpoint as `<out_dir>/<name>.safetensors` + `.json`."""
+    checkpoint_path = Path(run_dir) / CHECKPOINT
+    if not checkpoint_path.exists():
+        raise FileNotFoundError(f"no checkpoint {checkpoint_path} to export")
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    config, saved = state["config"], state["settings"]
+    net = UNet1d(config["unet"])
+    net.load_state_dict({k[len("net."):]: v for k, v in state["ema"].items() if k.startswith("net.")})
+    objective = saved["objective"]
+    stem = saved.get("stem")
+    stems = [stem] if stem else list(saved["stems"])
+    kind = "regression" if objective == "regression" else ("isdm" if stem else "msdm")
+    training = {
+        "objective": objective,
+        "steps": state["step"],
+        "train_seconds": round(state["seconds"], 1),
+        "data": saved.get("data"),
+        "valid": saved.get("valid"),
+        "config": config.get("name"),
+        "batch": config["train"]["batch"],
+        "lr": config["train"]["lr"],
+        "ema_decay": config["train"]["ema_decay"],
+        "seed": saved.get("seed"),
+        "weights": "ema",
+    }
+    card_metrics = {"validation": state.get("last_validation") or {}}
+    card_metrics.update(metrics or {})
+    return save_model(out_dir, {stem: net} if kind == "isdm" else net, name=name, kind=kind, stems=stems,
+                      config=config, training=training, metrics=card_metrics, fp16=fp16)
+
+
+__all__ = ["TrainSettings", "export_model", "resolve_config", "train", "validate", "si_sdr"]

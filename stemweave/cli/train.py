@@ -1,0 +1,85 @@
+"""`stemweave train`: train (or resume) a score network or a regression separator; export its EMA weights."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stemweave.cli import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train an MSDM / ISDM prior or a regression separator (resumable)",
+        description="Train the U-Net: --objective diffusion (EDM loss; MSDM over --stems, or ISDM with --stem) or "
+        "--objective regression (mixture -> stems, L1 on stems projected to sum to the mixture). "
+        "Checkpoints go to RUN_DIR/checkpoints/last.pt (every --checkpoint-every steps and at exit) and a run "
+        "resumes from there by default. --export-model NAME writes the EMA weights as a model file.",
+    )
+    p.add_argument("--config", default="cpu-small", help="network size: cpu-small (default), cpu-medium, paper, or a .toml path")
+    p.add_argument("--data", action="append", type=Path, default=[], help="training data folder (Slakh-like layout); repeatable")
+    p.add_argument("--valid", action="append", type=Path, default=[], help="validation data folder; repeatable")
+    p.add_argument("--objective", choices=("diffusion", "regression"), default="diffusion")
+    p.add_argument("--stems", default="bass,drums,guitar,piano", help="comma-separated stems (MSDM and regression)")
+    p.add_argument("--stem", default=None, help="ISDM: train a one-stem prior on this stem")
+    p.add_argument("--run-dir", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl)")
+    p.add_argument("--steps", type=int, default=100_000, help="step count to reach; a resumed run continues to it")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the config's, 8 on CPU configs)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the config's, 1e-4)")
+    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: the config's)")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="also checkpoint at least this often")
+    p.add_argument("--valid-every", type=int, default=None, help="steps between validations (default: the config's)")
+    p.add_argument("--valid-windows", type=int, default=32)
+    p.add_argument("--resume", default="auto", help="auto (default: the run's last checkpoint if any), never, or a path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (leave cores for a DAW)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--export-model", metavar="NAME", default=None,
+                   help="after training, write the EMA weights as NAME.safetensors + NAME.json (--steps 0: export only)")
+    p.add_argument("--export-dir", type=Path, default=None, help="where --export-model writes (default: engine/models/)")
+    p.add_argument("--fp16", action="store_true", help="export float16 weights")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stemweave.engine.train import TrainSettings, export_model, train
+
+    stems = tuple(s.strip() for s in args.stems.split(",") if s.strip())
+    if not stems:
+        raise UserError("--stems needs at least one stem name")
+    if args.stem and args.objective != "diffusion":
+        raise UserError("--stem trains a one-stem (ISDM) prior; it needs --objective diffusion")
+    for folder in [*args.data, *args.valid]:
+        if not folder.is_dir():
+            raise UserError(f"data folder {folder} does not exist")
+    checkpoint = args.run_dir / "checkpoints" / "last.pt"
+    export_only = args.export_model is not None and args.steps == 0
+    if not export_only and not args.data:
+        raise UserError("pass --data DIR (a folder of tracks; `stemweave data render` makes one)")
+    settings = TrainSettings(
+        config=args.config, objective=args.objective, stems=stems, stem=args.stem, run_dir=str(args.run_dir),
+        steps=args.steps, batch=args.batch, lr=args.lr, ema_decay=args.ema_decay, grad_clip=args.grad_clip,
+        checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
+        valid_every=args.valid_every, valid_windows=args.valid_windows, log_every=args.log_every, seed=args.seed,
+        threads=args.threads, device=args.device, workers=args.workers, resume=args.resume,
+        data=tuple(map(str, args.data)), valid=tuple(map(str, args.valid)), progress=not args.no_progress,
+    )
+    if not export_only:
+        try:
+            summary = train(settings)
+        except (ValueError, FileNotFoundError) as error:
+            raise UserError(str(error)) from error
+        print(f"stopped at step {summary['step']} (loss {summary['loss']:.4f}); checkpoint {summary['checkpoint']}")
+    if args.export_model:
+        if not checkpoint.exists():
+            raise UserError(f"no checkpoint {checkpoint} to export; train first")
+        kwargs = {"out_dir": args.export_dir} if args.export_dir else {}
+        weights, card = export_model(args.run_dir, args.export_model, fp16=args.fp16, **kwargs)
+        print(f"exported the EMA weights: {weights} + {card.name}")
+    return 0
