@@ -167,3 +167,20 @@ def test_accompany_regenerates_a_time_range_consistently(correlated_prior):
     error_ratio, bias_ratio = imputation_ratios(prior, truths, known, SamplerSettings(50, 1e-4, 20.0, s_churn=10.0, resamples=4), 10)
     assert abs(error_ratio - 2) < 0.4, error_ratio
     assert bias_ratio < 1.8, bias_ratio
+
+
+def test_accompany_shows_the_prior_a_forward_noised_copy_of_the_given_stems(independent_prior):
+    """Sec. 4.2.2: the score sees x̂_I(t) ~ N(x_I, sigma^2 I), not the clean given stems."""
+    prior, seen = independent_prior, []
+
+    class Spy:
+        stems = prior.stems
+
+        def denoise(self, x, sigma):
+            seen.append(((x[:, 1] - given[:, 1]).std().item(), sigma))
+            return prior.denoise(x, sigma)
+
+    given = prior.sample(4, seeded(11)).float()
+    accompany(Spy(), given, torch.tensor([False, True, False, False])[None, :, None], SamplerSettings(10, 1e-3, 5.0, s_churn=5.0), generator=seeded(12))
+    for std, sigma in seen:
+        assert std == pytest.approx(sigma, rel=0.1)
