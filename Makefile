@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# TORCH picks the torch build: the default is the CPU-or-CUDA wheel pip finds for
+# 2.13.0; for a CPU-only wheel elsewhere use
+#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+DEMO_OUT ?= stemweave-demo
+
+.PHONY: install install-test demo test
+
+install:
+	./scripts/install-system-packages
+	$(PYTHON) -m pip install -q $(TORCH)
+	$(PYTHON) -m pip install -q -e .
+
+install-test:
+	./scripts/install-system-packages --test
+	$(PYTHON) -m pip install -q $(TORCH)
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+# Render a built-in example song, then separate it with the shipped default model.
+demo: install
+	stemweave data example -o $(DEMO_OUT)/example.wav --seconds 12
+	stemweave separate $(DEMO_OUT)/example.wav -o $(DEMO_OUT)/stems
+
+test: install-test
+	$(PYTHON) -m pytest -q
