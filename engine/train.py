@@ -121,6 +121,10 @@ class Objective(nn.Module):
         else:
             self.separator = RegressionSeparator(net, [str(i) for i in range(net.out_channels)])
 
+    def forward(self, stems: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The training loss (forward, so DistributedDataParallel can wrap the objective)."""
+        return self.loss(stems, generator)
+
     def loss(self, stems: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """stems: (batch, K, time) clean stems."""
         if self.objective == "diffusion":
@@ -266,6 +270,9 @@ def train(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
+    rank, world, device = _init_distributed(device)
+    if rank != 0:
+        log = lambda *_: None  # noqa: E731  (rank 0 alone logs, validates and writes checkpoints)
     config = resolve_config(settings)
     hp = config["train"]
     run_dir = Path(settings.run_dir)
@@ -277,7 +284,7 @@ def train(
     model = Objective(net, settings.objective, config).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
-    generator = torch.Generator().manual_seed(settings.seed + 1)  # sigma and noise draws
+    generator = torch.Generator().manual_seed(settings.seed + 1 + 1000 * rank)  # sigma and noise draws, per rank
     step, history_seconds = 0, 0.0
 
     resume_from = None
@@ -301,7 +308,10 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
             group["lr"] = hp["lr"]
-        generator.set_state(state["generator"])
+        if rank == 0:
+            generator.set_state(state["generator"])
+        else:
+            generator.manual_seed(settings.seed + 1 + 1000 * rank + int(state["step"]))
         step, history_seconds = int(state["step"]), float(state["seconds"])
         log(f"resumed {resume_from} at step {step}")
 
@@ -311,7 +321,7 @@ def train(
         from stemweave.engine.data.datasets import StemChunks
 
         dataset = StemChunks(list(settings.data), config["window"], stems=stems, rate=config["rate"],
-                             augment=True, seed=settings.seed)
+                             augment=True, seed=settings.seed + rank)
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(step)  # a resumed run gets a new, seeded stream, not a replay of the first windows
     if valid_dataset is None and settings.valid:
@@ -319,7 +329,10 @@ def train(
 
         valid_dataset = StemChunks(list(settings.valid), config["window"], stems=stems, rate=config["rate"],
                                    seed=12345, min_active_stems=min(2, len(stems)))
-    valid_windows = _take_windows(valid_dataset, settings.valid_windows) if valid_dataset is not None else None
+    valid_windows = _take_windows(valid_dataset, settings.valid_windows) if valid_dataset is not None and rank == 0 else None
+    trained = model
+    if world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=hp["batch"], num_workers=settings.workers,
                                          pin_memory=device.type == "cuda")
@@ -327,9 +340,11 @@ def train(
     parameters = count_parameters(net)
     log(f"{settings.kind()} {config.get('name')} ({parameters / 1e6:.2f}M parameters) on {device}, "
         f"{torch.get_num_threads()} threads, batch {hp['batch']} x {config['window']} samples, stems {list(stems)}, "
-        f"steps {step} -> {settings.steps}")
+        f"steps {step} -> {settings.steps}" + (f", {world} processes (DDP)" if world > 1 else ""))
 
     def save_checkpoint() -> None:
+        if rank != 0:
+            return
         atomic_torch_save(
             {
                 "step": step,
@@ -350,17 +365,17 @@ def train(
     last_validation: dict[str, float] = {}
     last_loss = float("nan")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
-    bar = _progress(settings, step)
+    bar = _progress(settings, step, enabled=rank == 0)
     window_start, window_steps, window_loss = time.time(), 0, 0.0
     last_save = time.time()
     model.train()
-    with StopRequested() as stop, open(metrics_file, "a") as metrics:
+    with StopRequested() as stop, open(metrics_file if rank == 0 else os.devnull, "a") as metrics:
         try:
-            while step < settings.steps and not stop.requested:
+            while step < settings.steps and not _stop_agreed(stop.requested, world, device):
                 t0 = time.time()
                 stems_batch = next(batches).to(device, non_blocking=True)  # (batch, K, time)
                 with autocast:
-                    loss = model.loss(stems_batch, generator)
+                    loss = trained(stems_batch, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
@@ -394,6 +409,8 @@ def train(
             bar.close()
             save_checkpoint()
             log(f"checkpoint at step {step}: {checkpoint_path}")
+            if world > 1:
+                torch.distributed.destroy_process_group()
     return {"step": step, "loss": last_loss, "validation": last_validation, "checkpoint": str(checkpoint_path),
             "parameters": parameters, "seconds": history_seconds}
 
@@ -406,11 +423,35 @@ class _nullcontext:
         return False
 
 
-def _progress(settings: TrainSettings, step: int):
+def _init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; each process takes its LOCAL_RANK GPU (or the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _stop_agreed(requested: bool, world: int, device: torch.device) -> bool:
+    """A stop request (SIGTERM / Ctrl-C) on any process stops all of them at the same step."""
+    if world <= 1:
+        return requested
+    flag = torch.tensor([float(requested)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _progress(settings: TrainSettings, step: int, enabled: bool = True):
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(total=settings.steps, initial=step, disable=not settings.progress, unit="step", dynamic_ncols=True,
+    return tqdm(total=settings.steps, initial=step, disable=not (settings.progress and enabled), unit="step", dynamic_ncols=True,
                 mininterval=1.0 if interactive else 60.0, file=sys.stderr)
 
 
