@@ -66,7 +66,8 @@ def track_metadata(song: Song, rendered: RenderedSong, settings: dict, split: st
         "stems": stems,
         "stemweave": {
             **settings, "split": split, "frames": int(rendered.mixture.size),
-            "render_seconds": round(rendered.render_seconds, 4), "tempo": round(plan.tempo, 3),
+            "render_seconds": round(rendered.render_seconds, 4),
+            "render_cpu_seconds": round(rendered.render_cpu_seconds, 4), "tempo": round(plan.tempo, 3),
             "meter": plan.meter, "key": plan.key, "swing": round(plan.swing, 4),
             "mixture_loudness": None if math.isinf(mixture_loudness) else round(mixture_loudness, 2),
         },

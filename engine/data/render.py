@@ -135,7 +135,8 @@ class RenderedSong:
     stems: dict[str, np.ndarray]  # stem -> (frames,)
     mixture: np.ndarray  # (frames,), the exact sum of the stems
     loudness: dict[str, float] = field(default_factory=dict)  # LUFS per stem and "mixture"; -inf when silent
-    render_seconds: float = 0.0
+    render_seconds: float = 0.0  # wall-clock time of render_song
+    render_cpu_seconds: float = 0.0  # CPU time of this process: the speed on an unshared core
 
     @property
     def seconds(self) -> float:
@@ -175,7 +176,7 @@ def render_song(song: Song, rate: int = 22_050, soundfont: str | Path | None = N
     """Render every part to its own stem, resample to `rate`, level like a mix, quantise; mixture = sum."""
     plan = song.plan
     synth = shared_synth(soundfont or default_soundfont(), render_rate)  # loaded once per process, not timed
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     render_frames = int(round(plan.seconds * render_rate))
     frames = int(round(plan.seconds * rate))
     raw = {}
@@ -193,4 +194,5 @@ def render_song(song: Song, rate: int = 22_050, soundfont: str | Path | None = N
     for stem in STEMS:  # float32 sums of 16-bit steps are exact; the order is fixed anyway
         mixture += stems[stem]
     assert np.abs(mixture).max(initial=0.0) < 1.0, "the peak limit keeps the mixture inside 16 bits"
-    return RenderedSong(rate, stems, mixture, loudness, time.perf_counter() - started)
+    return RenderedSong(rate, stems, mixture, loudness, time.perf_counter() - started,
+                        time.process_time() - started_cpu)

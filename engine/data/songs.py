@@ -172,10 +172,6 @@ def make_song(seed: int, seconds: float = 30.0) -> Song:
     return song
 
 
-def seconds_of(plan: SongPlan, beat: float) -> float:
-    return beat * plan.seconds_per_beat
-
-
 def part_track(song: Song, stem: str) -> mido.MidiTrack:
     """One MIDI track for a part: program change, then its notes (drums on channel 10)."""
     channel = DRUM_CHANNEL if stem == "drums" else STEMS.index(stem)

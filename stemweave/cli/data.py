@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     stats.add_argument("folder", type=Path, help="a dataset folder (rendered here, Slakh2100 or MUSDB18-HQ)")
     stats.add_argument("-o", "--out", type=Path, default=Path("docs"), help="report folder (default docs/)")
     stats.add_argument("--rate", type=int, default=22_050, help="analysis sample rate (default 22050)")
+    stats.add_argument("--benchmark", type=int, default=0, metavar="SONGS",
+                       help="also time rendering this many 30 s songs in memory (default 0: no benchmark)")
     stats.set_defaults(run=run_stats)
 
 
@@ -140,16 +142,22 @@ def run_example(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from stemweave.engine.data.stats import collect_stats, render_command_of, write_report
+    from stemweave.engine.data.stats import benchmark_render, collect_stats, write_report
 
     if not args.folder.is_dir():
         raise UserError(f"no such dataset folder: {args.folder}")
+    if args.benchmark < 0:
+        raise UserError(f"--benchmark must be 0 or more, got {args.benchmark}")
+    soundfont = _check_common(30.0, args.rate, 0, None) if args.benchmark else None
     stats = collect_stats(args.folder, args.rate, progress=lambda tracks: tqdm(tracks, unit="song", desc="stats"))
     if not stats.tracks:
         raise UserError(f"no tracks in {args.folder} (expected Slakh2100-style or MUSDB18-HQ-style track folders)")
     commands = [f"{command} --out {args.folder} --songs {count}  # {count} tracks"
                 for command, count in stats.render_commands.items()]
-    commands.append(f"stemweave data stats {args.folder} -o {args.out}")
+    if args.benchmark:
+        stats.benchmark = benchmark_render(args.benchmark, soundfont=soundfont)
+    benchmark = f" --benchmark {args.benchmark}" if args.benchmark else ""
+    commands.append(f"stemweave data stats {args.folder} -o {args.out}{benchmark}")
     _writable_folder(args.out)
     report, plot = write_report(stats, args.out, commands)
     print(f"wrote {report}" + (f" and {plot}" if plot else " (no plot: pip install matplotlib for data-stats.png)"))
