@@ -60,3 +60,4 @@ def test_example_and_stats_write_their_files(tmp_path, capsys):
     report = (tmp_path / "docs" / "data-report.md").read_text()
     assert "non-silent windows" in report and "stemweave data render --split train" in report
     assert main(["data", "stats", str(tmp_path / "missing")]) == 2
+    assert main(["data", "stats", str(tmp_path / "set"), "--benchmark", "-1"]) == 2

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from stemweave.engine.data import datasets
 from stemweave.engine.data.datasets import (
     MUSDB_STEMS, StemChunks, fixed_windows, list_tracks, mixture_captions, read_window,
 )
@@ -100,7 +101,8 @@ def test_stem_chunks_stream_slakh_windows_through_a_dataloader(slakh):
     assert not torch.equal(batches[0], batches[1])  # the two workers draw different windows
 
 
-def test_min_active_stems_rejects_windows_and_says_when_none_exist(slakh):
+def test_min_active_stems_rejects_windows_and_says_when_none_exist(slakh, monkeypatch):
+    monkeypatch.setattr(datasets, "MAX_DRAWS_PER_WINDOW", 20)
     with pytest.raises(RuntimeError, match="min_active_stems"):
         next(iter(StemChunks(slakh, window=2_048, min_active_stems=3)))
 
