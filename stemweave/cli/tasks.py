@@ -1,0 +1,379 @@
+"""`stemweave separate | accompany | generate`: the main job on audio files, shaped like demucs.
+
+Every command validates everything it can (inputs, output folder, format,
+model, device) before any work starts, runs `engine.regions.run_region` with
+a progress bar, and writes one file per stem plus a JSON provenance file,
+each atomically; nothing is written when anything fails, and an input file
+is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from stemweave.cli import UserError
+
+BEATS_PER_BAR = 4
+
+
+def register(subparsers) -> None:
+    sep = subparsers.add_parser(
+        "separate", help="separate a mix into stems that sum to it",
+        description="Separate SONG (WAV/FLAC/AIFF/OGG, any rate, mono or stereo) into stems that sum to it exactly. "
+        "Writes DIR/<song>_<stem>.<format> per stem and DIR/<song>.stemweave.json (provenance).")
+    sep.add_argument("input", type=Path, help="the mix to separate")
+    sep.add_argument("--stems", default=None, help="comma-separated stems to write (default: all the model's)")
+    sep.add_argument("--channel-mode", choices=("independent", "mid-side"), default="independent",
+                     help="stereo: separate each channel (default) or mid and side")
+    _common(sep, "separate")
+    sep.set_defaults(run=run_separate)
+
+    acc = subparsers.add_parser(
+        "accompany", help="generate stems under recorded ones (a bass line under drums)",
+        description="Generate the --generate stems under the given files (one file per known stem, aligned: same "
+        "rate, channels and length). --range START:END (seconds) regenerates only that range of a given stem.")
+    acc.add_argument("inputs", nargs="+", type=Path, help="the known stems' files")
+    acc.add_argument("--given", default=None,
+                     help="comma-separated stem of each file, in order (default: the stem named in each file name)")
+    acc.add_argument("--generate", default=None, help="comma-separated stems to generate (default: all not given)")
+    acc.add_argument("--range", default=None, metavar="START:END", help="regenerate only this time range (seconds)")
+    _common(acc, "accompany")
+    acc.set_defaults(run=run_accompany)
+
+    gen = subparsers.add_parser(
+        "generate", help="generate coherent stems, or a loop that wraps seamlessly",
+        description="Generate --seconds of all the model's stems (writing --stems), or with --loop-bars N --bpm T "
+        "a loop of N bars of 4/4 whose end flows into its start.")
+    gen.add_argument("--seconds", type=float, default=None, help="length in seconds (default 10)")
+    gen.add_argument("--stems", default=None, help="comma-separated stems to write (default: all the model's)")
+    gen.add_argument("--loop-bars", type=int, default=None, metavar="N", help="generate a loop of N bars")
+    gen.add_argument("--bpm", type=float, default=None, metavar="T", help="tempo of the loop (with --loop-bars)")
+    gen.add_argument("--rate", type=int, default=None, help="output sample rate (default: the model's)")
+    gen.add_argument("--channels", type=int, choices=(1, 2), default=1, help="1 (default) or 2 (a centred part)")
+    gen.add_argument("--name", default=None, help="output file prefix (default generated / loop)")
+    _common(gen, "generate")
+    gen.set_defaults(run=run_generate)
+
+
+def _common(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("-o", "--out", type=Path, default=Path("separated" if task == "separate" else "generated"),
+                   help="output folder (created if missing; default ./%(default)s)")
+    p.add_argument("--model", default=None, help="a shipped model name or a model file path (default: the shipped "
+                   + ("regression separator, else prior)" if task == "separate" else "prior)"))
+    p.add_argument("--preset", default=None, help="a preset name or .toml path (default: the task's fast preset)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--format", choices=("wav", "flac"), default="wav", help="output format (default wav)")
+    p.add_argument("--bit-depth", choices=("16", "24", "32f"), default="24", help="output bit depth (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same stems")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap, a fraction (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: from a 1 GiB budget)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (leave cores for a DAW)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    overrides = p.add_argument_group("sampler overrides (replace the preset's values)")
+    overrides.add_argument("--steps", type=int, default=None)
+    overrides.add_argument("--sigma-min", type=float, default=None)
+    overrides.add_argument("--sigma-max", type=float, default=None)
+    overrides.add_argument("--rho", type=float, default=None)
+    overrides.add_argument("--churn", dest="s_churn", type=float, default=None)
+    overrides.add_argument("--resamples", type=int, default=None, help="correction steps per noise level")
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def run_separate(args) -> int:
+    from stemweave.engine.audio_io import read_audio
+
+    stems = _names(args.stems, "--stems")
+    _check_format(args)
+    audio, rate = _read(read_audio, args.input)
+    outputs = lambda names: {s: args.out / f"{args.input.stem}_{s}.{args.format}" for s in names}  # noqa: E731
+    provenance_path = args.out / f"{args.input.stem}.stemweave.json"
+    _prepare_out(args.out, [args.input])
+    model, name, device, preset = _setup(args, "separate")
+    wanted = stems or list(model.stems)
+    paths = outputs(wanted)
+    _never_overwrite([args.input], [*paths.values(), provenance_path])
+    result, report, seconds = _run("separate", model, audio, rate, preset, args, stems=wanted,
+                                   channel_mode=args.channel_mode)
+    _write(args, result, paths, rate)
+    _provenance(provenance_path, "separate", args, model, name, device, preset, report, seconds, rate, audio.shape,
+                inputs=[args.input], outputs=paths, channel_mode=args.channel_mode)
+    _say(args, f"wrote {len(paths)} stems to {args.out}")
+    return 0
+
+
+def run_accompany(args) -> int:
+    from stemweave.engine.audio_io import read_audio
+
+    _check_format(args)
+    given_names = _names(args.given, "--given")
+    generate = _names(args.generate, "--generate")
+    if given_names is not None and len(given_names) != len(args.inputs):
+        raise UserError(f"--given names {len(given_names)} stems for {len(args.inputs)} files: one name per file")
+    read = [_read(read_audio, path) for path in args.inputs]
+    rates = {r for _, r in read}
+    shapes = {a.shape for a, _ in read}
+    if len(rates) != 1 or len(shapes) != 1:
+        raise UserError("the given files are not aligned: they need the same rate, channels and length; got "
+                        + ", ".join(f"{p.name}: {a.shape[0]} ch x {a.shape[1]} frames at {r} Hz"
+                                    for p, (a, r) in zip(args.inputs, read)))
+    rate = rates.pop()
+    regenerate = _range(args.range, rate, read[0][0].shape[1])
+    _prepare_out(args.out, args.inputs)
+    model, name, device, preset = _setup(args, "accompany")
+    if given_names is None:
+        given_names = [_stem_in_name(path, model.stems) for path in args.inputs]
+    if len(set(given_names)) != len(given_names):
+        raise UserError(f"a stem is given twice: {', '.join(given_names)}")
+    unknown = [s for s in [*given_names, *(generate or [])] if s not in model.stems]
+    if unknown:
+        raise UserError(f"unknown stem(s) {', '.join(unknown)}: model {name} has {', '.join(model.stems)}")
+    given = {s: a for s, (a, _) in zip(given_names, read)}
+    if regenerate is not None:
+        generate = generate or given_names[:1]
+        missing = [s for s in generate if s not in given]
+        if missing:
+            raise UserError(f"--range regenerates part of a given stem: give {', '.join(missing)} as a file too")
+    else:
+        generate = generate or [s for s in model.stems if s not in given]
+        if not generate or any(s in given for s in generate):
+            raise UserError("--generate names stems that are not given (use --range to redo part of a given one)")
+    base = args.inputs[0].stem
+    paths = {s: args.out / f"{base}_{s}.{args.format}" for s in generate}
+    provenance_path = args.out / f"{base}.stemweave.json"
+    _never_overwrite(args.inputs, [*paths.values(), provenance_path])
+    result, report, seconds = _run("accompany", model, None, rate, preset, args, stems=generate, given=given,
+                                   regenerate=regenerate)
+    _write(args, result, paths, rate)
+    _provenance(provenance_path, "accompany", args, model, name, device, preset, report, seconds, rate,
+                read[0][0].shape, inputs=args.inputs, outputs=paths, given=given_names,
+                range_s=None if args.range is None else args.range)
+    _say(args, f"wrote {len(paths)} stems to {args.out}")
+    return 0
+
+
+def run_generate(args) -> int:
+    _check_format(args)
+    stems = _names(args.stems, "--stems")
+    if (args.loop_bars is None) != (args.bpm is None):
+        raise UserError("a loop needs both --loop-bars N and --bpm T")
+    if args.loop_bars is not None and (args.loop_bars < 1 or not 20 <= args.bpm <= 400):
+        raise UserError("--loop-bars must be >= 1 and --bpm between 20 and 400")
+    if args.loop_bars is not None and args.seconds is not None:
+        raise UserError("give either --seconds or --loop-bars/--bpm, not both")
+    seconds = 10.0 if args.seconds is None else args.seconds
+    if not 0 < seconds <= 3600:
+        raise UserError("--seconds must be in (0, 3600]")
+    _prepare_out(args.out, [])
+    model, name, device, preset = _setup(args, "generate")
+    unknown = [s for s in stems or [] if s not in model.stems]
+    if unknown:
+        raise UserError(f"unknown stem(s) {', '.join(unknown)}: model {name} has {', '.join(model.stems)}")
+    from stemweave.engine.regions import describe_model
+    from stemweave.engine.resample import check_rate
+
+    try:
+        rate = check_rate(args.rate or describe_model(model).rate)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    kwargs = {"channels": args.channels}
+    if args.loop_bars is not None:
+        kwargs["loop_frames"] = int(round(args.loop_bars * BEATS_PER_BAR * 60.0 / args.bpm * rate))
+    else:
+        kwargs["seconds"] = seconds
+    base = args.name or ("loop" if args.loop_bars else "generated")
+    wanted = stems or list(model.stems)
+    paths = {s: args.out / f"{base}_{s}.{args.format}" for s in wanted}
+    provenance_path = args.out / f"{base}.stemweave.json"
+    result, report, elapsed = _run("generate", model, None, rate, preset, args, stems=wanted, **kwargs)
+    _write(args, result, paths, rate)
+    frames = next(iter(result.values())).shape
+    _provenance(provenance_path, "generate", args, model, name, device, preset, report, elapsed, rate, frames,
+                inputs=[], outputs=paths, loop_bars=args.loop_bars, bpm=args.bpm)
+    _say(args, f"wrote {len(paths)} stems to {args.out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Shared steps
+
+
+def _names(value: str | None, flag: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    if not names:
+        raise UserError(f"{flag} needs at least one stem name")
+    return names
+
+
+def _check_format(args) -> None:
+    from stemweave.engine.audio_io import AudioError, subtype_for
+
+    try:
+        subtype_for(args.format, args.bit_depth)
+    except AudioError as error:
+        raise UserError(str(error)) from None
+    if not 0 < args.overlap < 1:
+        raise UserError("--overlap is a fraction of the window in (0, 1)")
+
+
+def _read(read_audio, path: Path):
+    from stemweave.engine.audio_io import AudioError
+
+    try:
+        return read_audio(path)
+    except AudioError as error:
+        raise UserError(str(error)) from None
+
+
+def _prepare_out(folder: Path, inputs) -> None:
+    from stemweave.engine.audio_io import AudioError, check_output_dir
+
+    try:
+        check_output_dir(folder)
+    except AudioError as error:
+        raise UserError(str(error)) from None
+
+
+def _never_overwrite(inputs, outputs) -> None:
+    sources = {Path(p).resolve() for p in inputs}
+    for out in outputs:
+        if Path(out).resolve() in sources:
+            raise UserError(f"{out} would overwrite an input file: choose another -o folder")
+
+
+def _range(value: str | None, rate: int, frames: int) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9.]+)\s*:\s*([0-9.]+)\s*", value)
+    if not match:
+        raise UserError(f"--range {value!r}: write START:END in seconds, e.g. 4:8.5")
+    start, end = (float(v) for v in match.groups())
+    start_f, end_f = int(round(start * rate)), int(round(end * rate))
+    if not 0 <= start_f < end_f <= frames:
+        raise UserError(f"--range {value}: needs 0 <= START < END <= {frames / rate:.3f} s (the files' length)")
+    return start_f, end_f
+
+
+def _stem_in_name(path: Path, stems) -> str:
+    found = [s for s in stems if re.search(rf"(^|[^a-z]){re.escape(s)}([^a-z]|$)", path.stem.lower())]
+    if len(found) != 1:
+        raise UserError(f"cannot tell which stem {path.name} is: pass --given with one of {', '.join(stems)} per file")
+    return found[0]
+
+
+def _setup(args, task: str):
+    """(model, name, device, preset), or UserError naming what is available."""
+    import torch
+
+    from stemweave import api
+    from stemweave.engine.presets import load_preset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = api.resolve_device(args.device)
+        preset = load_preset(args.preset or api.DEFAULT_PRESETS[task])
+        if preset.task != task:
+            raise ValueError(f"preset {preset.name!r} is for {preset.task}, not {task}")
+        overrides = {k: getattr(args, k) for k in ("steps", "sigma_min", "sigma_max", "rho", "s_churn", "resamples")}
+        preset = preset.with_overrides(**overrides)
+        model, name = api.load_task_model(args.model, task, device)
+    except (ValueError, TypeError) as error:
+        raise UserError(str(error)) from None
+    return model, name, device, preset
+
+
+def _run(task, model, audio, rate, preset, args, **kwargs):
+    from stemweave.engine.regions import run_region
+
+    report: dict = {}
+    bar = _ProgressBar(disable=args.no_progress)
+    started = time.monotonic()
+    try:
+        result = run_region(task, model, audio, rate, preset, seed=args.seed, overlap=args.overlap,
+                            batch_size=args.batch_size, progress=bar, report=report, **kwargs)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    finally:
+        bar.close()
+    return result, report, time.monotonic() - started
+
+
+class _ProgressBar:
+    """A tqdm bar over windows x steps, fed by run_region's progress dicts."""
+
+    def __init__(self, disable: bool):
+        self.disable, self.bar = disable, None
+
+    def __call__(self, p: dict) -> None:
+        if self.disable:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p["windows"] * p["steps"], unit="step", dynamic_ncols=True, file=sys.stderr,
+                            disable=None)
+        self.bar.n = round(p["fraction"] * self.bar.total)
+        self.bar.set_postfix_str(f"{p['stage']} window {p['window']}/{p['windows']}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write(args, result: dict, paths: dict, rate: int) -> None:
+    from stemweave.engine.audio_io import write_audio
+
+    for stem, path in paths.items():
+        write_audio(path, result[stem], rate, format=args.format, bit_depth=args.bit_depth)
+
+
+def _provenance(path, task, args, model, name, device, preset, report, seconds, rate, shape, *, inputs, outputs,
+                **extra) -> None:
+    import soundfile
+    import soxr
+    import torch
+
+    from stemweave import __version__
+    from stemweave.engine.audio_io import write_json
+
+    card = getattr(model, "card", None) or {}
+    data = {
+        "task": task,
+        "inputs": [str(p) for p in inputs],
+        "outputs": {s: str(p) for s, p in outputs.items()},
+        "model": {"name": name, "kind": card.get("kind"), "stems": list(model.stems), "rate": card.get("rate"),
+                  "window": card.get("window"), "sha256": card.get("sha256")},
+        "preset": {"name": preset.name, "sampler": asdict(preset.sampler), "options": dict(preset.options)},
+        "seed": args.seed,
+        "device": str(device),
+        "rate": rate,
+        "channels": int(shape[0]),
+        "frames": int(shape[1]),
+        "format": args.format,
+        "bit_depth": args.bit_depth,
+        "plan": report,
+        "seconds": round(seconds, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"stemweave": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, "soundfile": soundfile.__version__, "soxr": soxr.__version__},
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+    write_json(path, data)
+
+
+def _say(args, message: str) -> None:
+    print(message, file=sys.stderr)
