@@ -14,6 +14,8 @@ at exit, also on SIGTERM), a tqdm bar with loss and steps/s,
 SI-SDR / SI-SDRi per stem (regression) with the EMA weights, and
 deterministic seeds (a resumed run draws a new, seeded data stream).
 `export_model` writes the EMA weights as a model file (safetensors + card).
+Several GPUs: `torchrun --nproc_per_node N -m stemweave train ...` (DDP; each
+process draws its own data stream, rank 0 logs, validates and checkpoints).
 """
 
 from __future__ import annotations
@@ -112,14 +114,15 @@ def pick_device(name: str) -> torch.device:
 class Objective(nn.Module):
     """Wraps the U-Net with its loss: `loss(batch)` for training, `validate(batches)` for the EMA copy."""
 
-    def __init__(self, net: UNet1d, objective: str, config: dict[str, Any]):
+    def __init__(self, net: UNet1d, objective: str, config: dict[str, Any], stems: Sequence[str] | None = None):
         super().__init__()
         self.net = net
         self.objective = objective
+        self.stems = tuple(stems) if stems else tuple(str(k) for k in range(net.out_channels))
         if objective == "diffusion":
             self.denoiser = EDMDenoiser(net, sigma_data=config.get("sigma_data", 0.2), clamp=config.get("clamp", True))
         else:
-            self.separator = RegressionSeparator(net, [str(i) for i in range(net.out_channels)])
+            self.separator = RegressionSeparator(net, self.stems)
 
     def forward(self, stems: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The training loss (forward, so DistributedDataParallel can wrap the objective)."""
@@ -171,9 +174,9 @@ def validate(model: Objective, windows: torch.Tensor, batch: int, device: torch.
             active = stems.pow(2).mean(-1).sqrt() > 1e-4  # score only non-silent reference stems
             score = si_sdr(estimate, stems)
             improvement = score - si_sdr(mixture.expand_as(stems), stems)
-            for k in range(stems.shape[1]):
-                sums.setdefault(f"si_sdr/{k}", []).extend(score[active[:, k], k].tolist())
-                sums.setdefault(f"si_sdri/{k}", []).extend(improvement[active[:, k], k].tolist())
+            for k, name in enumerate(model.stems):
+                sums.setdefault(f"si_sdr/{name}", []).extend(score[active[:, k], k].tolist())
+                sums.setdefault(f"si_sdri/{name}", []).extend(improvement[active[:, k], k].tolist())
         for key, values in sums.items():
             results[key] = sum(values) / len(values) if values else float("nan")
         stems_i = [v for k, v in results.items() if k.startswith("si_sdri/") and not math.isnan(v)]
@@ -281,7 +284,7 @@ def train(
 
     torch.manual_seed(settings.seed)
     net = UNet1d(config["unet"]).to(device)
-    model = Objective(net, settings.objective, config).to(device)
+    model = Objective(net, settings.objective, config, stems).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
     generator = torch.Generator().manual_seed(settings.seed + 1 + 1000 * rank)  # sigma and noise draws, per rank

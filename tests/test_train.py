@@ -52,7 +52,7 @@ def initial_validation(s: TrainSettings, valid):
     torch.manual_seed(s.seed)
     from stemweave.engine.unet import UNet1d
 
-    model = Objective(UNet1d(config["unet"]), s.objective, config)
+    model = Objective(UNet1d(config["unet"]), s.objective, config, s.model_stems())
     windows = torch.stack([w for _, w in zip(range(s.valid_windows), valid)])
     return validate(model, windows, 8, torch.device("cpu"), s.seed)
 
@@ -72,6 +72,7 @@ def test_regression_training_improves_si_sdr(tmp_path):
     before = initial_validation(s, SyntheticStems(99))
     summary = train(s, SyntheticStems(0), SyntheticStems(99), log=lambda *_: None)
     after = summary["validation"]
+    assert {"si_sdri/bass", "si_sdr/drums"} <= set(after)
     assert after["si_sdri"] > before["si_sdri"] + 3.0, (before, after)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
