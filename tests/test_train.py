@@ -144,3 +144,7 @@ def test_cli_user_errors(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "--run-dir", str(tmp_path / "x"), "--data", str(tmp_path), "--config", "nope"]) == 2
     assert "unknown config" in capsys.readouterr().err
+    assert main(["train", "--combine-isdm", "no-such-model", "--export-model", "x"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path)]) == 2
+    assert "--run-dir" in capsys.readouterr().err

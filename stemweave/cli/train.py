@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--objective", choices=("diffusion", "regression"), default="diffusion")
     p.add_argument("--stems", default="bass,drums,guitar,piano", help="comma-separated stems (MSDM and regression)")
     p.add_argument("--stem", default=None, help="ISDM: train a one-stem prior on this stem")
-    p.add_argument("--run-dir", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl)")
+    p.add_argument("--run-dir", type=Path, default=None, help="run folder (checkpoints, metrics.jsonl); required to train")
     p.add_argument("--steps", type=int, default=100_000, help="step count to reach; a resumed run continues to it")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the config's, 8 on CPU configs)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the config's, 1e-4)")
@@ -44,12 +44,18 @@ def register(subparsers) -> None:
                    help="after training, write the EMA weights as NAME.safetensors + NAME.json (--steps 0: export only)")
     p.add_argument("--export-dir", type=Path, default=None, help="where --export-model writes (default: engine/models/)")
     p.add_argument("--fp16", action="store_true", help="export float16 weights")
+    p.add_argument("--combine-isdm", metavar="MODELS", default=None,
+                   help="comma-separated one-stem ISDM model files/names to merge into --export-model NAME (no training)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from stemweave.engine.train import TrainSettings, export_model, train
 
+    if args.combine_isdm:
+        return combine(args)
+    if args.run_dir is None:
+        raise UserError("pass --run-dir DIR (where checkpoints and metrics go)")
     stems = tuple(s.strip() for s in args.stems.split(",") if s.strip())
     if not stems:
         raise UserError("--stems needs at least one stem name")
@@ -82,4 +88,18 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {"out_dir": args.export_dir} if args.export_dir else {}
         weights, card = export_model(args.run_dir, args.export_model, fp16=args.fp16, **kwargs)
         print(f"exported the EMA weights: {weights} + {card.name}")
+    return 0
+
+
+def combine(args: argparse.Namespace) -> int:
+    from stemweave.engine.models import MODEL_DIR, combine_isdm
+
+    if not args.export_model:
+        raise UserError("--combine-isdm needs --export-model NAME for the merged model")
+    parts = [p.strip() for p in args.combine_isdm.split(",") if p.strip()]
+    try:
+        weights, card = combine_isdm(parts, args.export_dir or MODEL_DIR, args.export_model, fp16=args.fp16)
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    print(f"combined {len(parts)} ISDM models: {weights} + {card.name}")
     return 0
