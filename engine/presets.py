@@ -11,7 +11,7 @@ from stemweave.engine.sampler import SamplerSettings
 
 TASKS = ("separate", "accompany", "generate")
 TASK_OPTIONS = {  # what each task accepts in a preset's [options] table, with its type
-    "separate": {"likelihood": str, "constrained": str, "gamma": float},
+    "separate": {"likelihood": str, "constrained": str, "gamma": float, "warm_start": bool},
     "accompany": {},
     "generate": {},
 }

@@ -174,8 +174,14 @@ def _stem_index(prior: Prior, stem: int | str) -> int:
 
 
 def separate(prior: Prior, mixture: torch.Tensor, preset, **kwargs) -> torch.Tensor:
-    """Separation with the likelihood a preset names ('dirac' by default); kwargs go to the task."""
+    """Separation with the likelihood a preset names ('dirac' by default); kwargs go to the task.
+
+    A `warm_start` preset expects `initial=` (a first estimate, e.g. the regression separator's): the
+    sampler then starts from it noised to the preset's sigma_max (SDEdit) instead of from pure noise.
+    """
     options = dict(preset.options)
+    if options.pop("warm_start", False) and kwargs.get("initial") is None:
+        raise ValueError(f"preset {preset.name!r} refines a first estimate: pass initial= (e.g. a regression separator's stems)")
     if options.pop("likelihood", "dirac") == "gaussian":
         return separate_gaussian(prior, mixture, preset.sampler, **options, **kwargs)
     return separate_dirac(prior, mixture, preset.sampler, **options, **kwargs)
