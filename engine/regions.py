@@ -71,6 +71,7 @@ import soxr
 import torch
 
 from stemweave.engine import tasks
+from stemweave.engine.refine import WarmStart
 from stemweave.engine.resample import check_rate, resample
 from stemweave.engine.sampler import Cancelled
 from stemweave.engine.windows import SHAPES, WindowPlan, crossfade, plan_windows
@@ -432,7 +433,8 @@ class _Job:
             self.progress.step(len(chunk), 1, 1)
         else:
             generator = torch.Generator().manual_seed(_seed_for(self.seed, 1, chunk[0][0], chunk[0][1]))
-            stems = tasks.separate(self.model, mixture, self.preset, generator=generator,
+            initial = self.model.first_estimate(mixture) if isinstance(self.model, WarmStart) else None
+            stems = tasks.separate(self.model, mixture, self.preset, initial=initial, generator=generator,
                                    callback=self.progress.sampler_callback(len(chunk)))
         return stems.detach().to("cpu", torch.float64).numpy()
 
