@@ -1,0 +1,234 @@
+"""The plugin stub (plugin_stub/) in real hosts: lv2_validate/lv2info, lv2file offline, jalv on a dummy JACK server,
+Ardour 7 headless, and the VST3 in pedalboard, each against a real `stemweave serve` on a free loopback port.
+
+The server runs the built-in analytic model (`--model analytic`, closed-form Gaussian stems: no weights) with the
+interactive presets shortened to a few sampler steps (`--preset-dir`), so a separation takes about a second.
+Every test skips, saying what to install, when its host is missing (scripts/install-system-packages --test
+installs them all).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sf = pytest.importorskip("soundfile")
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = ROOT / "plugin_stub"
+BUILD = STUB / "build"
+BUNDLE = BUILD / "stemweave.lv2"
+URI = "https://stemweave.dev/plugins/stemweave"
+STATUS = {0: "idle", 1: "capturing", 2: "working", 3: "ready", 4: "error", 5: "offline"}
+
+FAST_PRESETS = {
+    "separate-fast": 'description = "test: few steps"\ntask = "separate"\n[sampler]\nsteps = 6\nsigma_min = 1e-4\n'
+                     'sigma_max = 1.0\nrho = 7.0\ns_churn = 0.0\nresamples = 0\n[options]\nlikelihood = "dirac"\n'
+                     'constrained = "bass"\n',
+    "accompany-fast": 'description = "test: few steps"\ntask = "accompany"\n[sampler]\nsteps = 6\nsigma_min = 1e-4\n'
+                      'sigma_max = 20.0\nrho = 7.0\ns_churn = 0.0\nresamples = 0\n',
+}
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: scripts/install-system-packages --test)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    """The LV2 bundle, built with the README's one command (`make -C plugin_stub`)."""
+    need("make", "cc", "pkg-config")
+    for pc in ("lv2", "libzmq"):
+        if subprocess.run(["pkg-config", "--exists", pc]).returncode:
+            pytest.skip(f"pkg-config cannot find {pc}: install lv2-dev and libzmq3-dev")
+    build = subprocess.run(["make", "-C", str(STUB)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert (BUNDLE / "stemweave.so").is_file()
+    return BUNDLE
+
+
+class Serve:
+    """`stemweave serve` in a subprocess on a free loopback port, with the analytic model and fast presets."""
+
+    def __init__(self, tmp: Path):
+        presets = tmp / "presets"
+        presets.mkdir(exist_ok=True)
+        for name, text in FAST_PRESETS.items():
+            (presets / f"{name}.toml").write_text(text)
+        self.log = tmp / "serve.log"
+        self.args = [sys.executable, "-m", "stemweave", "serve", "--bind", "tcp://127.0.0.1:*", "--model", "analytic",
+                     "--device", "cpu", "--threads", "1", "--preset-dir", str(presets), "--heartbeat", "0.5"]
+        self.proc = None
+        self.endpoint = None
+
+    def start(self, endpoint: str | None = None) -> "Serve":
+        args = list(self.args)
+        if endpoint:
+            args[args.index("tcp://127.0.0.1:*")] = endpoint
+        out = open(self.log, "a")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=out, text=True, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            match = re.search(r"listening on (tcp://\S+)", line)
+            if match:
+                self.endpoint = match.group(1)
+                return self
+            if self.proc.poll() is not None:
+                break
+        raise AssertionError(f"stemweave serve did not start: {line!r} {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("stemweave.bridge.server", reason="the bridge (stemweave serve) is not in this checkout")
+    serve = Serve(tmp_path_factory.mktemp("serve")).start()
+    yield serve
+    serve.stop()
+
+
+def host_env(endpoint: str, **more) -> dict:
+    env = dict(os.environ, LV2_PATH=str(BUILD), STEMWEAVE_ENDPOINT=endpoint, **more)
+    return env
+
+
+def test_region(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
+    """A stereo test region (frames, 2) float32: a bass-ish tone, gated noise and a high tone, channels differing."""
+    t = np.arange(int(rate * seconds)) / rate
+    rng = np.random.default_rng(seed)
+    low = 0.3 * np.sin(2 * np.pi * 110 * t)
+    noise = 0.1 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 4 * t) > 0)
+    high = 0.05 * np.sin(2 * np.pi * 1320 * t)
+    return np.stack([low + noise + high, 0.8 * low + noise - high], 1).astype(np.float32)
+
+
+test_region.__test__ = False  # a helper, not a test
+
+
+def server_stems(endpoint: str, region: np.ndarray, rate: int) -> dict[str, np.ndarray]:
+    """What the server returns for this region (the plugin's request: seed 0, default model and preset)."""
+    from stemweave.bridge.client import Client
+
+    with Client(endpoint, timeout=60) as client:
+        return client.separate(np.ascontiguousarray(region.T), rate, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lv2_validate and lv2info
+
+
+def test_lv2_validate_and_lv2info(bundle):
+    need("lv2_validate", "lv2info", "sordi")
+    validate = subprocess.run(["lv2_validate", *map(str, sorted(bundle.glob("*.ttl")))], capture_output=True, text=True)
+    report = validate.stdout + validate.stderr
+    assert validate.returncode == 0, report
+    assert "Found 0 errors" in report and "error:" not in report, report
+    info = subprocess.run(["lv2info", URI], capture_output=True, text=True, env=dict(os.environ, LV2_PATH=str(BUILD)))
+    assert info.returncode == 0, info.stderr
+    assert "error" not in info.stderr.lower(), info.stderr
+    assert "Has latency:       yes, reported by port 23" in info.stdout
+    assert "http://lv2plug.in/ns/ext/urid#map" in info.stdout.split("Optional Features")[0]  # the one required
+    for symbol in ("capture", "separate", "accompany", "cancel", "target", "solo", "gain_bass", "status", "progress",
+                   "latency", "control"):
+        assert f"Symbol:      {symbol}\n" in info.stdout, symbol
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lv2file: an offline render, so the plugin waits for the job (freewheel) and the result is sample-accurate
+
+
+def run_lv2file(endpoint: str, src: Path, dst: Path, **controls) -> subprocess.CompletedProcess:
+    args = ["lv2file", "-i", str(src), "-o", str(dst), "-b", "512", "--ignore-clipping"]
+    for name, value in controls.items():
+        args += ["-p", f"{name}:{value}"]
+    return subprocess.run([*args, URI], capture_output=True, text=True, env=host_env(endpoint), timeout=120)
+
+
+def test_lv2file_separates_the_captured_region_in_place(bundle, server, tmp_path):
+    """Capture [0.25 s, 1.25 s) of the host timeline, separate it, and loop the bass stem from there on: the output
+    is the input untouched up to the region's end, then the server's bass stem of exactly that region, aligned to
+    the sample, over the region's second pass."""
+    need("lv2file")
+    rate = 48000
+    lead, length = rate // 4, rate  # the region: timeline frames [12000, 60000)
+    region = test_region(rate, 1.0)
+    song = np.concatenate([test_region(rate, 0.25, seed=1), region, region])  # lead-in, the region, its repeat
+    sf.write(tmp_path / "in.wav", song, rate, subtype="FLOAT")
+    started = time.monotonic()
+    run = run_lv2file(server.endpoint, tmp_path / "in.wav", tmp_path / "out.wav", freewheel=1, capture=1,
+                      mark_start=0.25, mark_end=1.25, separate=1, loop=1, solo=1)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 0, run.stdout + run.stderr
+    out, out_rate = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert out_rate == rate and out.shape == song.shape
+
+    # until the region's last sample the plugin is a wire
+    np.testing.assert_array_equal(out[: lead + length - 1], song[: lead + length - 1])
+    # the region's second pass: the bass stem the server returns for exactly the captured frames
+    bass = server_stems(server.endpoint, region, rate)["bass"].T  # (frames, 2); the server's cache: the same job
+    second = out[lead + length: lead + 2 * length]
+    np.testing.assert_allclose(second, bass, atol=1e-6)
+    assert np.abs(bass).max() > 0.05 and np.abs(second - region).max() > 0.05  # a stem, not the mixture
+    # one sample early or late would not match: the alignment is exact
+    assert np.abs(out[lead + length + 1: lead + 2 * length] - bass[:-1]).max() > 1e-3
+    assert elapsed < 60
+
+
+def test_lv2file_all_stems_null_against_the_input(bundle, server, tmp_path):
+    """Every stem at unity gain replaces the region: Dirac separation sums to the region, so the output nulls."""
+    need("lv2file")
+    rate = 48000
+    region = test_region(rate, 1.0, seed=2)
+    sf.write(tmp_path / "in.wav", np.concatenate([region, region]), rate, subtype="FLOAT")
+    run = run_lv2file(server.endpoint, tmp_path / "in.wav", tmp_path / "out.wav", freewheel=1, capture=1,
+                      mark_end=1.0, separate=1, loop=1)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    np.testing.assert_allclose(out[rate:], region, atol=1e-5)
+    np.testing.assert_array_equal(out[: rate - 1], region[: rate - 1])
+
+
+def test_lv2file_passes_audio_through_when_no_server(bundle, tmp_path):
+    """No server on the port: the job fails at once (no hang in an offline render) and the audio is untouched."""
+    need("lv2file")
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    rate = 48000
+    song = test_region(rate, 2.0, seed=3)
+    sf.write(tmp_path / "in.wav", song, rate, subtype="FLOAT")
+    started = time.monotonic()
+    run = run_lv2file(dead, tmp_path / "in.wav", tmp_path / "out.wav", freewheel=1, capture=1, mark_end=1.0,
+                      separate=1, loop=1)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert time.monotonic() - started < 20
+    out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    np.testing.assert_array_equal(out, song)
+    assert "cannot reach the server" in run.stderr
