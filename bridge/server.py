@@ -1,0 +1,761 @@
+"""The local inference server: a ZeroMQ ROUTER that takes jobs, runs them on warm models, and never falls over.
+
+Threads:
+
+* the socket thread (`serve_forever`) owns the ROUTER socket: it decodes and
+  validates every message at the edge (bridge/protocol.py), answers hello,
+  list, status, heartbeat, cancel, fetch and unload at once, queues submits,
+  forwards what the workers send, and heartbeats clients with unfinished jobs;
+* one inference worker per device takes jobs from the priority queue and runs
+  `engine.regions.run_region`; its progress, partial results and the result
+  travel to the socket thread over an inproc PUSH/PULL pair (ZeroMQ sockets
+  are never shared between threads), without copying the audio.
+
+A send to a client that has gone away is dropped by the ROUTER, so a
+disconnected client stalls nothing; its finished result stays in the cache
+for a reconnecting client to fetch by job id. SIGTERM / Ctrl-C: stop
+accepting, cancel every job, tell their clients (code "shutdown"), exit 0.
+
+The server never opens a path a client names: models and presets are chosen
+by name from the sets the server was configured with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zmq
+import zmq.auth
+
+from stemweave import __version__
+from stemweave.bridge import protocol as P
+from stemweave.bridge.jobs import CachedResult, Job, JobQueue, ResultCache, content_key, new_job_id
+
+DEFAULT_BIND = "tcp://127.0.0.1:5557"
+DEFAULT_PRESETS = {"separate": "separate-fast", "accompany": "accompany-fast", "generate": "generate"}  # = stemweave.api's
+ANALYTIC_MODEL = "analytic"  # the built-in closed-form example prior: runs with no trained weights
+
+# Parameters a submit may carry (docs/protocol.md, "params"): name -> (type, low, high).
+SAMPLER_PARAMS = {"steps": (int, 1, 20_000), "sigma_min": (float, 0.0, 1e3), "sigma_max": (float, 0.0, 1e4),
+                  "rho": (float, 0.1, 100.0), "s_churn": (float, 0.0, 1e3), "resamples": (int, 0, 64)}
+OPTION_PARAMS = {"likelihood": (str, None, None), "constrained": (str, None, None), "gamma": (float, 0.0, 1e6)}
+REGION_PARAMS = {"stems": (list, None, None), "channel_mode": (str, None, None), "overlap": (float, 0.0, 0.95),
+                 "frames": (int, 1, 1 << 31), "seconds": (float, 0.0, 1e7), "channels": (int, 1, 2),
+                 "loop_frames": (int, 1, 1 << 31), "regenerate": (list, None, None), "window_shape": (str, None, None),
+                 "batch_size": (int, 1, 4096)}
+
+
+class ServerError(Exception):
+    """A server setting the user can fix (bad --bind, missing keys, absent device)."""
+
+
+class RequestError(Exception):
+    """A well-formed request the server cannot run; becomes Error(code)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def analytic_model(rate: int = 22050, window: int = 4096):
+    """The built-in example prior (closed-form Gaussian stems): lets the server run on a machine with no weights."""
+    from stemweave.engine.analytic import GaussianStemPrior, example_spectra
+
+    prior = GaussianStemPrior.independent(example_spectra(window, rate=float(rate)), ("bass", "drums", "guitar", "piano"))
+    prior.rate, prior.window = rate, window
+    return prior
+
+
+def shipped_model_names() -> list[str]:
+    """The models the default loader can load: the shipped ones, then the built-in analytic prior."""
+    from stemweave.engine import models
+
+    return [*models.list_models(), ANALYTIC_MODEL]
+
+
+def default_model_loader(name: str, device: str):
+    """Load a shipped model by name (a regression separator or a prior, by its card), or the analytic prior."""
+    if name == ANALYTIC_MODEL:
+        return analytic_model()
+    from stemweave.engine import models
+    from stemweave.engine.checkpoints import read_card
+
+    if read_card(models.resolve_model(name)).get("kind") == "regression":
+        return models.load_separator(name, device=device)
+    return models.load_prior(name, device=device)
+
+
+def default_model_for(task: str, names: list[str]) -> str:
+    """The model a task uses when a request names none: the direct commands' default (stemweave.api) when this
+    server has it, else the first model it knows, else the analytic prior."""
+    try:
+        from stemweave import api
+
+        name = api.default_model(task)
+        if name in names:
+            return name
+    except Exception:  # noqa: BLE001 - no shipped model (or a broken model folder): fall back
+        pass
+    return names[0] if names else ANALYTIC_MODEL
+
+
+class WarmModels:
+    """Models loaded once per (name, device) and kept until unloaded."""
+
+    def __init__(self, loader: Callable[[str, str], object]):
+        self.loader = loader
+        self._models: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+
+    def get(self, name: str, device: str):
+        key = (name, device)
+        with self._lock:
+            if key in self._models:
+                return self._models[key]
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:  # one load per key, others wait for it; loading never holds the shared lock
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            model = self.loader(name, device)
+            with self._lock:
+                self._models[key] = model
+            return model
+
+    def unload(self, name: str | None = None) -> list[str]:
+        with self._lock:
+            keys = [k for k in self._models if name is None or k[0] == name]
+            for key in keys:
+                del self._models[key]
+        if keys:  # the last reference is gone (a running job keeps its own until it ends): freed now
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except Exception:  # noqa: BLE001
+                pass
+        return sorted({f"{n}@{d}" for n, d in keys})
+
+    def peek(self, name: str):
+        """A warm model of that name on any device, or None (never loads)."""
+        with self._lock:
+            return next((m for (n, _d), m in self._models.items() if n == name), None)
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return sorted(f"{n}@{d}" for n, d in self._models)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Addresses and keys
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address (127.0.0.0/8, ::1, localhost)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp" or not rest:
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_devices(devices: list[str]) -> list[str]:
+    """The devices asked for, or ServerError naming the one that is absent."""
+    import torch
+
+    out = []
+    for device in devices:
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ServerError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+        if parsed.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if (parsed.index or 0) >= count:
+                raise ServerError(f"--device {device}: this machine has {count} CUDA device(s) "
+                                  f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}); use cpu")
+        elif parsed.type == "mps" and not torch.backends.mps.is_available():
+            raise ServerError(f"--device {device}: MPS is not available here; use cpu")
+        elif parsed.type not in ("cpu", "cuda", "mps"):
+            raise ServerError(f"--device {device}: only cpu, cuda[:N] and mps are supported")
+        out.append(str(parsed))
+    if len(set(out)) != len(out):
+        raise ServerError(f"--device names a device twice: {', '.join(out)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The server
+
+
+class Server:
+    """The job server. `start()` serves in a background thread (tests, embedding); `serve_forever()` in this one."""
+
+    def __init__(
+        self,
+        bind: str = DEFAULT_BIND,
+        *,
+        model_loader: Callable[[str, str], object] | None = None,
+        model_names: Callable[[], list[str]] | list[str] | None = None,
+        default_model: str | None = None,
+        devices: list[str] | tuple[str, ...] = ("cpu",),
+        max_seconds: float = 600.0,
+        preset_dir: str | Path | None = None,
+        curve_secret: str | Path | None = None,
+        curve_clients: str | Path | None = None,
+        heartbeat_s: float = 1.0,
+        progress_interval_s: float = 0.05,
+        cache_bytes: int = 512 << 20,
+        result_ttl_s: float = 3600.0,
+        max_queue: int = 64,
+        preload: bool = True,
+        osc_port: int | None = None,
+        log: Callable[[str], None] | None = None,
+        check_device: bool = True,
+    ):
+        self.bind = bind
+        self.models = WarmModels(model_loader or default_model_loader)
+        if model_names is None:
+            model_names = shipped_model_names if model_loader is None else []
+        self._model_names = model_names
+        self.default_model = default_model
+        self.devices = check_devices(list(devices)) if check_device else list(devices)
+        self.max_seconds = float(max_seconds)
+        self.preset_dir = Path(preset_dir).resolve() if preset_dir else None
+        if self.preset_dir is not None and not self.preset_dir.is_dir():
+            raise ServerError(f"--preset-dir {preset_dir}: not a folder")
+        self.curve_secret, self.curve_clients = curve_secret, curve_clients
+        self.heartbeat_s, self.progress_interval_s = heartbeat_s, progress_interval_s
+        self.cache = ResultCache(cache_bytes, result_ttl_s)
+        self.queue = JobQueue(max_queue)
+        self.preload, self.osc_port = preload, osc_port
+        self.log = log or (lambda text: print(f"stemweave serve: {text}", file=sys.stderr, flush=True))
+        self.jobs: dict[str, Job] = {}  # unfinished and recently finished jobs
+        self._finished_order: list[str] = []
+        self._finished_lock = threading.Lock()
+        self._running: dict[str, Job] = {}
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._ready = threading.Event()
+        self._accepting = True
+        self._workers: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._socket_thread: int | None = None
+        self._started = time.monotonic()
+        self._outbox_endpoint = f"inproc://stemweave-outbox-{id(self)}"
+        self.endpoint: str | None = None
+        self.public_key: bytes | None = None
+        self.context = zmq.Context()
+        self._authenticator = None
+        self._router = self._bind_router()
+        self._pull = self.context.socket(zmq.PULL)
+        self._pull.bind(self._outbox_endpoint)
+
+    # Setup -------------------------------------------------------------------------------------------
+    def _bind_router(self) -> zmq.Socket:
+        router = self.context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 500)
+        router.setsockopt(zmq.SNDHWM, 10_000)
+        router.setsockopt(zmq.RCVHWM, 10_000)
+        # No frame larger than the longest region the server takes (stereo at the protocol's top rate):
+        # a peer that sends one is disconnected before the server allocates it.
+        router.setsockopt(zmq.MAXMSGSIZE, int(self.max_seconds * P.MAX_RATE * P.MAX_CHANNELS * 4) + P.MAX_HEADER_BYTES)
+        loopback = is_loopback(self.bind)
+        if not loopback and not self.curve_secret:
+            router.close(0)
+            raise ServerError(f"refusing to bind {self.bind}: it is not a loopback address, and anyone who can reach "
+                              "it could send jobs. Give CURVE keys (--curve-secret FILE, made with "
+                              "`stemweave serve --make-keys DIR`), or bind tcp://127.0.0.1:PORT")
+        if self.curve_secret:
+            try:
+                public, secret = zmq.auth.load_certificate(str(self.curve_secret))
+            except (OSError, ValueError) as error:
+                router.close(0)
+                raise ServerError(f"--curve-secret {self.curve_secret}: cannot read a ZeroMQ certificate: {error}") from None
+            if not secret:
+                router.close(0)
+                raise ServerError(f"--curve-secret {self.curve_secret} holds only a public key: give the .key_secret file")
+            if self.curve_clients:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                self._authenticator = ThreadAuthenticator(self.context)
+                self._authenticator.start()
+                self._authenticator.configure_curve(domain="*", location=str(self.curve_clients))
+            router.curve_secretkey, router.curve_publickey, router.curve_server = secret, public, True
+            self.public_key = public
+        try:
+            router.bind(self.bind)
+        except zmq.ZMQError as error:
+            router.close(0)
+            raise ServerError(f"cannot bind {self.bind}: {error}") from None
+        self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        return router
+
+    def model_names(self) -> list[str]:
+        names = self._model_names() if callable(self._model_names) else self._model_names
+        return list(names)
+
+    def preset_names(self) -> list[str]:
+        from stemweave.engine.presets import list_presets
+
+        names = set(list_presets())
+        if self.preset_dir is not None:
+            names |= {p.stem for p in self.preset_dir.glob("*.toml") if P.NAME.match(p.stem)}
+        return sorted(names)
+
+    # Running -------------------------------------------------------------------------------------------
+    def start(self) -> "Server":
+        """Serve in a background thread; returns once the socket answers."""
+        self._thread = threading.Thread(target=self.serve_forever, name="stemweave-socket", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down (as SIGTERM does) and wait for it."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def request_stop(self, *_args) -> None:
+        """Signal-safe: ask the socket thread to shut down."""
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        """Answer clients until stop(); installs SIGTERM/SIGINT handlers when run in the main thread."""
+        self._socket_thread = threading.get_ident()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        for device in self.devices:
+            worker = threading.Thread(target=self._work, args=(device,), name=f"stemweave-worker-{device}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        self._start_osc()
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._pull, zmq.POLLIN)
+        next_beat = time.monotonic() + self.heartbeat_s
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(0.1, next_beat - time.monotonic()))
+                events = dict(poller.poll(timeout * 1000))
+                if self._pull in events:
+                    self._forward_outbox()
+                if self._router in events:
+                    self._serve_requests()
+                if time.monotonic() >= next_beat:
+                    self._heartbeat()
+                    next_beat = time.monotonic() + self.heartbeat_s
+        finally:
+            self._shutdown()
+
+    def _serve_requests(self, limit: int = 256) -> None:
+        for _ in range(limit):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity, body = frames[0].bytes, frames[1:]
+            try:
+                self._handle(identity, body)
+            except P.ProtocolError as error:
+                self._send(identity, P.error_reply(error))
+            except RequestError as error:
+                self._send(identity, P.Error(code=error.code, message=error.message))
+            except Exception as error:  # noqa: BLE001 - never let one message take the server down
+                self.log(f"internal error on a message: {error!r}\n{traceback.format_exc()}")
+                self._send(identity, P.Error(code="failed", message=f"internal error: {error}"))
+
+    def _forward_outbox(self, limit: int = 1024) -> None:
+        for _ in range(limit):
+            try:
+                frames = self._pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._route(frames)
+
+    def _route(self, frames) -> None:
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass  # the client is not reading (HWM): drop rather than stall every other client
+        except zmq.ZMQError as error:
+            self.log(f"send failed: {error}")
+
+    def _send(self, identity: bytes, message: P.Message) -> None:
+        """Send from any thread: directly from the socket thread, through the inproc outbox from a worker."""
+        frames = [identity, *message.to_frames()]
+        if threading.get_ident() == self._socket_thread:
+            self._route(frames)
+            return
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self._local.push = self.context.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 2000)
+            push.connect(self._outbox_endpoint)
+        push.send_multipart(frames, copy=False)
+
+    # Requests ---------------------------------------------------------------------------------------------
+    def _handle(self, identity: bytes, body) -> None:
+        message = P.decode(body)
+        handler = getattr(self, f"_on_{message.TYPE}", None)
+        if handler is None:
+            raise P.ProtocolError("unknown-type", f"{message.TYPE} is a server-to-client message", req=message.req)
+        try:
+            handler(identity, message)
+        except RequestError as error:
+            self._send(identity, P.Error(job=message.job, req=message.req, code=error.code, message=error.message))
+
+    def _on_hello(self, identity, message: P.Hello) -> None:
+        self._send(identity, P.Hello(req=message.req, server=self._about()))
+
+    def _about(self) -> dict:
+        return {"name": "stemweave", "version": __version__, "protocol": P.PROTOCOL_VERSION, "devices": self.devices,
+                "max_seconds": self.max_seconds, "models_loaded": self.models.loaded(),
+                "default_model": self._default_model(), "curve": self.public_key is not None,
+                "heartbeat_s": self.heartbeat_s}
+
+    def _on_list(self, identity, message: P.Listing) -> None:
+        from stemweave.engine.presets import TASKS
+
+        presets = []
+        for name in self.preset_names():
+            try:
+                preset = self._load_preset(name)
+                presets.append({"name": name, "task": preset.task, "description": preset.description})
+            except ValueError as error:
+                presets.append({"name": name, "error": str(error)})
+        models = []
+        for name in self.model_names():
+            entry = {"name": name, "loaded": False, "default": name == self._default_model()}
+            warm = self.models.peek(name)
+            if warm is not None:
+                entry.update(loaded=True, stems=list(warm.stems), rate=getattr(warm, "rate", None) or
+                             (getattr(warm, "card", None) or {}).get("rate"))
+            models.append(entry)
+        self._send(identity, P.Listing(req=message.req, models=models, presets=presets, tasks=list(TASKS)))
+
+    def _on_heartbeat(self, identity, message: P.Heartbeat) -> None:
+        self._send(identity, P.Heartbeat(req=message.req, time=time.time(), jobs=self._jobs_of(identity)))
+
+    def _on_status(self, identity, message: P.Status) -> None:
+        if message.job is None:
+            info = {**self._about(), "queued": len(self.queue), "running": [j.info() for j in self._running.values()],
+                    "cache": self.cache.stats(), "uptime_s": round(time.monotonic() - self._started, 3),
+                    "accepting": self._accepting}
+        else:
+            info = self._job(message.job).info(self.queue.position(self._job(message.job)))
+        self._send(identity, P.Status(job=message.job, req=message.req, info=info))
+
+    def _on_cancel(self, identity, message: P.Cancel) -> None:
+        job = self._job(message.job)
+        if job.unfinished:
+            job.cancel.set()
+            if self.queue.remove(job):  # never started: end it here; a running one ends at its next sampler step
+                self._end(job, "cancelled", ("cancelled", "cancelled before it started"))
+        self._send(identity, P.Status(job=job.id, req=message.req, info=job.info()))
+
+    def _on_fetch(self, identity, message: P.Fetch) -> None:
+        cached = self.cache.by_job(message.job)
+        if cached is not None:
+            self._send(identity, P.Result(job=cached.job, req=message.req, rate=cached.rate, stems_audio=cached.stems,
+                                          cached=True, elapsed_s=cached.elapsed_s, info=cached.info))
+            return
+        job = self._job(message.job)
+        if job.unfinished:  # attach: the result comes when it is done
+            job.watch(identity, message.req, None)
+            self._send(identity, P.Status(job=job.id, req=message.req, info=job.info(self.queue.position(job))))
+        elif job.error:
+            self._send(identity, P.Error(job=job.id, req=message.req, code=job.error[0], message=job.error[1]))
+        else:
+            raise RequestError("unknown-job", f"job {job.id}'s result has expired from the cache: submit it again")
+
+    def _on_unload(self, identity, message: P.Unload) -> None:
+        unloaded = self.models.unload(message.model)
+        self._send(identity, P.Unload(req=message.req, model=message.model, unloaded=unloaded))
+
+    def _on_submit(self, identity, message: P.Submit) -> None:
+        if not self._accepting:
+            raise RequestError("shutdown", "the server is shutting down: not taking new jobs")
+        spec = self._validate(message)
+        key = content_key({k: v for k, v in spec.items() if k != "preset_obj"}, message.audio, message.given)
+        cached = self.cache.by_key(key)
+        if cached is not None:
+            job_id = new_job_id()  # a new id for the new request; the same stems
+            self.cache.put(CachedResult(job_id, key, cached.stems, cached.rate, cached.info, cached.elapsed_s))
+            self._send(identity, P.Accepted(job=job_id, req=message.req, cached=True))
+            self._send(identity, P.Result(job=job_id, req=message.req, rate=cached.rate, stems_audio=cached.stems,
+                                          cached=True, elapsed_s=0.0, position=message.position, info=cached.info))
+            return
+        for job in list(self.jobs.values()):  # the same request already queued or running: follow that job
+            if job.key == key and job.unfinished and not job.cancel.is_set():
+                job.watch(identity, message.req, message.position)
+                self._send(identity, P.Accepted(job=job.id, req=message.req, queued=self.queue.position(job) or 0))
+                return
+        job = Job(new_job_id(), key, spec, message.audio, dict(message.given), message.rate, message.priority)
+        job.watch(identity, message.req, message.position)
+        try:
+            ahead = self.queue.put(job)
+        except OverflowError as error:
+            raise RequestError("busy", f"{error}: try again when a job has finished") from None
+        self.jobs[job.id] = job
+        self._send(identity, P.Accepted(job=job.id, req=message.req, queued=ahead))
+
+    def _validate(self, message: P.Submit) -> dict:
+        """The job spec, or RequestError: everything a worker needs is checked here, at the edge."""
+        from stemweave.engine.presets import TASKS
+
+        task = message.task
+        if task not in TASKS:
+            raise RequestError("bad-request", f"unknown task {task!r}: one of {', '.join(TASKS)}")
+        model = message.model or self._default_model(task)
+        if model not in self.model_names():
+            raise RequestError("bad-request", f"unknown model {model!r}: this server has "
+                                              f"{', '.join(self.model_names()) or 'none'}")
+        preset_name = message.preset or DEFAULT_PRESETS[task]
+        if preset_name not in self.preset_names():
+            raise RequestError("bad-request", f"unknown preset {preset_name!r}: one of {', '.join(self.preset_names())}")
+        params = dict(message.params)
+        unknown = sorted(set(params) - set(SAMPLER_PARAMS) - set(OPTION_PARAMS) - set(REGION_PARAMS))
+        if unknown:
+            known = ", ".join([*SAMPLER_PARAMS, *OPTION_PARAMS, *REGION_PARAMS])
+            raise RequestError("bad-request", f"unknown parameter(s) {', '.join(unknown)}: known are {known}")
+        for name, value in params.items():
+            _check_param(name, value, {**SAMPLER_PARAMS, **OPTION_PARAMS, **REGION_PARAMS}[name])
+        preset = self._load_preset(preset_name)
+        if preset.task != task:
+            raise RequestError("bad-request", f"preset {preset_name!r} is for {preset.task}, not {task}")
+        overrides = {k: v for k, v in params.items() if k in SAMPLER_PARAMS or k in OPTION_PARAMS}
+        try:
+            preset = preset.with_overrides(**overrides)
+        except (ValueError, TypeError) as error:
+            raise RequestError("bad-request", f"bad preset parameters: {error}") from None
+        channels, frames = message.shape
+        if task == "separate" and message.audio is None:
+            raise RequestError("bad-request", "separate needs the region's audio (audio frames, one per channel)")
+        if task == "accompany" and not message.given:
+            raise RequestError("bad-request", "accompany needs at least one given stem (given: [names] + frames)")
+        if task == "generate":
+            if message.audio is not None or message.given:
+                raise RequestError("bad-request", "generate takes no audio: give params frames, seconds or loop_frames")
+            frames = params.get("loop_frames") or params.get("frames") or round(params.get("seconds", 0) * message.rate)
+            if not frames:
+                raise RequestError("bad-request", "generate needs a length: params frames, seconds or loop_frames")
+        seconds = frames / message.rate
+        if seconds > self.max_seconds:
+            raise RequestError("too-long", f"the region is {seconds:.1f} s long; this server takes at most "
+                                           f"{self.max_seconds:g} s (--max-seconds): send it in shorter regions")
+        region = {k: v for k, v in params.items() if k in REGION_PARAMS}
+        if "regenerate" in region:
+            region["regenerate"] = tuple(region["regenerate"])
+        return {"task": task, "model": model, "preset": preset_name, "preset_repr": repr(preset), "seed": message.seed,
+                "rate": message.rate, "region": region, "preset_obj": preset, "channels": channels}
+
+    def _load_preset(self, name: str):
+        from stemweave.engine.presets import load_preset
+
+        if self.preset_dir is not None and (self.preset_dir / f"{name}.toml").is_file():
+            return load_preset(self.preset_dir / f"{name}.toml")  # a configured folder, a plain name: no client path
+        return load_preset(name)
+
+    def _default_model(self, task: str = "separate") -> str:
+        return self.default_model or default_model_for(task, self.model_names())
+
+    def _job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise RequestError("unknown-job", f"no job {job_id}: never submitted here, or forgotten since")
+        return job
+
+    def _jobs_of(self, identity: bytes) -> list[str]:
+        return [j.id for j in list(self.jobs.values()) if j.unfinished and identity in j.watchers]
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        clients: dict[bytes, list[str]] = {}
+        for job in list(self.jobs.values()):
+            if job.unfinished:
+                for identity, _req, _pos in job.watching():
+                    clients.setdefault(identity, []).append(job.id)
+        for identity, jobs in clients.items():
+            self._send(identity, P.Heartbeat(time=now, jobs=jobs))
+
+    # Workers ----------------------------------------------------------------------------------------------
+    def _work(self, device: str) -> None:
+        if self.preload:
+            try:
+                self.models.get(self._default_model(), device)
+            except Exception as error:  # noqa: BLE001 - a job will report it; serving goes on
+                self.log(f"could not preload {self._default_model()} on {device}: {error}")
+        try:
+            while not self._stop.is_set():
+                job = self.queue.get(timeout=0.2)
+                if job is None:
+                    continue
+                if job.cancel.is_set():
+                    continue
+                self._run(job, device)
+        finally:
+            push = getattr(self._local, "push", None)
+            if push is not None:
+                push.close()
+
+    def _run(self, job: Job, device: str) -> None:
+        from stemweave.engine.regions import run_region
+        from stemweave.engine.sampler import Cancelled
+
+        job.state, job.started, job.device = "running", time.monotonic(), device
+        self._running[job.id] = job
+        spec = job.spec
+        last = [0.0, None]  # time and stage of the last progress message sent
+
+        def progress(update: dict) -> None:
+            job.progress = update
+            now = time.monotonic()
+            if update["stage"] == last[1] and update["fraction"] < 1.0 and now - last[0] < self.progress_interval_s:
+                return
+            last[0], last[1] = now, update["stage"]
+            eta = update.get("eta_s")
+            message = P.Progress(job=job.id, fraction=float(min(1.0, max(0.0, update["fraction"]))),
+                                 stage=str(update["stage"]), eta_s=None if eta is None else float(max(0.0, eta)),
+                                 **{k: int(update.get(k) or 0) for k in ("window", "windows", "step", "steps")})
+            for identity, req, _pos in job.watching():
+                message.req = req
+                self._send(identity, message)
+
+        def partial(update: dict) -> None:
+            stems = update["stems"]
+            for identity, req, _pos in job.watching():
+                self._send(identity, P.Partial(job=job.id, req=req, rate=int(update["rate"]), stems_audio=stems,
+                                               start=int(update["start"]), end=int(update["end"]),
+                                               window=int(update.get("window", 0)),
+                                               windows=int(update.get("windows", 0)), kind=update.get("kind", "window")))
+
+        try:
+            progress({"stage": "load", "fraction": 0.0})
+            model = self.models.get(spec["model"], device)
+            if job.cancel.is_set():
+                raise Cancelled("cancelled")
+            stems = run_region(spec["task"], model, job.audio, job.rate, spec["preset_obj"], given=job.given or None,
+                               seed=spec["seed"], progress=progress, cancel=job.cancel, on_partial=partial,
+                               **spec["region"])
+            stems = {name: np.ascontiguousarray(s, dtype="<f4") for name, s in stems.items()}
+            elapsed = time.monotonic() - job.started
+            info = {"model": spec["model"], "preset": spec["preset"], "seed": spec["seed"], "device": device,
+                    "task": spec["task"]}
+            self.cache.put(CachedResult(job.id, job.key, stems, job.rate, info, elapsed))
+            job.state, job.finished = "done", time.monotonic()
+            self._running.pop(job.id, None)
+            for identity, req, position in job.watching():
+                self._send(identity, P.Result(job=job.id, req=req, rate=job.rate, stems_audio=stems, position=position,
+                                              elapsed_s=elapsed, info=info))
+            self._forget_later(job)
+        except Cancelled:
+            if self._stop.is_set():
+                self._end(job, "cancelled", ("shutdown", "the server is shutting down: the job was cancelled"))
+            else:
+                self._end(job, "cancelled", ("cancelled", "cancelled"))
+        except ValueError as error:  # what run_region raises for a request it cannot run
+            self._end(job, "failed", ("bad-request", str(error)))
+        except Exception as error:  # noqa: BLE001 - a job that raises becomes an error reply
+            self.log(f"job {job.id} failed: {error!r}\n{traceback.format_exc()}")
+            self._end(job, "failed", ("failed", f"{type(error).__name__}: {error}"))
+        finally:
+            self._running.pop(job.id, None)
+            job.release()
+
+    def _end(self, job: Job, state: str, error: tuple[str, str]) -> None:
+        """Finish a job without a result and tell everyone watching it."""
+        job.state, job.error, job.finished = state, error, time.monotonic()
+        self._running.pop(job.id, None)
+        job.release()
+        for identity, req, _pos in job.watching():
+            self._send(identity, P.Error(job=job.id, req=req, code=error[0], message=error[1]))
+        self._forget_later(job)
+
+    def _forget_later(self, job: Job, keep: int = 1000) -> None:
+        """Keep the last `keep` finished jobs' states (their results live in the cache)."""
+        with self._finished_lock:
+            self._finished_order.append(job.id)
+            while len(self._finished_order) > keep:
+                self.jobs.pop(self._finished_order.pop(0), None)
+
+    # OSC hook -----------------------------------------------------------------------------------------------
+    def _start_osc(self) -> None:
+        if self.osc_port is None:
+            return
+        try:
+            from stemweave.bridge import osc  # added by the OSC issue: osc.start(server, port)
+        except ImportError:
+            self.log(f"--osc-port {self.osc_port}: the OSC control surface is not installed in this version; ignoring")
+            return
+        osc.start(self, self.osc_port)
+
+    # Shutdown ----------------------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        self._accepting = False
+        for job in self.queue.drain():
+            job.cancel.set()
+            self._end(job, "cancelled", ("shutdown", "the server is shutting down: the job was cancelled"))
+        for job in list(self._running.values()):
+            job.cancel.set()
+        self.queue.close()
+        deadline = time.monotonic() + 30
+        for worker in self._workers:
+            while worker.is_alive() and time.monotonic() < deadline:
+                worker.join(0.05)
+                self._forward_outbox()  # the workers' last messages (the "shutdown" errors) go out
+        self._forward_outbox()
+        self._pull.close(0)
+        self._router.close(linger=1000)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        self.context.term()
+        self._stopped.set()
+
+
+def _check_param(name, value, rule) -> None:
+    kind, lo, hi = rule
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RequestError("bad-request", f"parameter {name} must be a {kind.__name__}, got {value!r:.40}")
+    if lo is not None and not lo <= value <= hi:
+        raise RequestError("bad-request", f"parameter {name}={value} is outside [{lo}, {hi}]")
+    if kind is str and len(value) > 64:
+        raise RequestError("bad-request", f"parameter {name} is too long")
+    if name == "stems" and (not value or len(value) > P.MAX_STEMS or not all(isinstance(s, str) and P.NAME.match(s)
+                                                                            for s in value)):
+        raise RequestError("bad-request", "parameter stems must be a list of stem names")
+    if name == "regenerate" and (len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                            for v in value)):
+        raise RequestError("bad-request", "parameter regenerate must be [start, end] in frames")
+
+
+__all__ = ["ANALYTIC_MODEL", "DEFAULT_BIND", "Server", "ServerError", "analytic_model", "default_model_loader",
+           "is_loopback"]

@@ -1,0 +1,97 @@
+"""`stemweave serve`: the local inference server (bridge/server.py) that DAW plugins, scripts and controllers use."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from stemweave.cli import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the local inference server (ZeroMQ; loopback by default)",
+        description="Serve separate / accompany / generate jobs over ZeroMQ (docs/protocol.md). Models load once "
+        "and stay warm; jobs run one at a time per device, interactive before batch; Ctrl-C or SIGTERM cancels "
+        "running jobs, tells their clients and exits 0. Binding anything but loopback needs CURVE keys.")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5557",
+                   help="ZeroMQ endpoint (default %(default)s; tcp://127.0.0.1:* picks a free port)")
+    p.add_argument("--osc-port", type=int, default=None, help="also serve OSC control on this UDP port (loopback)")
+    p.add_argument("--max-seconds", type=float, default=600.0,
+                   help="refuse regions longer than this many seconds (bounds memory per job; default %(default)g)")
+    p.add_argument("--device", default="auto",
+                   help="comma-separated devices, one inference worker each: auto (CUDA when present), cpu, cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (leave cores for the DAW)")
+    p.add_argument("--preset-dir", type=Path, default=None, help="a folder of extra preset .toml files, by name")
+    p.add_argument("--model", default=None,
+                   help="the model jobs use when they name none (default: the direct commands' default)")
+    p.add_argument("--no-preload", action="store_true", help="load models on first use instead of at start")
+    p.add_argument("--curve-secret", type=Path, default=None,
+                   help="the server's ZeroMQ CURVE secret key file (required to bind a non-loopback address)")
+    p.add_argument("--curve-clients", type=Path, default=None,
+                   help="a folder of client public keys allowed to connect (with --curve-secret)")
+    p.add_argument("--make-keys", type=Path, default=None, metavar="DIR",
+                   help="write a CURVE key pair (server.key, server.key_secret) and a client pair into DIR, and exit")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats to clients with jobs")
+    p.add_argument("--cache-mb", type=int, default=512, help="MiB of finished results kept for fetch and repeats")
+    p.add_argument("--max-queue", type=int, default=64, help="most jobs waiting at once")
+    from stemweave.bridge.osc import add_arguments as add_loop_arguments  # the loop engine's options (issue 7)
+
+    add_loop_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from stemweave.bridge.server import Server, ServerError
+
+    if args.make_keys is not None:
+        return make_keys(args.make_keys)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        devices = _devices(args.device)
+        server = Server(args.bind, default_model=args.model, devices=devices, max_seconds=args.max_seconds,
+                        preset_dir=args.preset_dir, curve_secret=args.curve_secret, curve_clients=args.curve_clients,
+                        heartbeat_s=args.heartbeat, cache_bytes=args.cache_mb << 20, max_queue=args.max_queue,
+                        preload=not args.no_preload, osc_port=args.osc_port)
+    except ServerError as error:
+        raise UserError(str(error)) from None
+    if args.osc_port is not None:
+        from stemweave.bridge.osc import options_from
+
+        server.loop_options = options_from(args)  # read by bridge.osc.start through the --osc-port hook
+    if args.model is not None and args.model not in server.model_names():
+        raise UserError(f"--model {args.model}: not a model this server has ({', '.join(server.model_names())})")
+    if server.public_key is not None:
+        print(f"stemweave serve: CURVE encryption on; clients need the server public key "
+              f"{server.public_key.decode()}", flush=True)
+    print(f"stemweave serve: listening on {server.endpoint} (devices {', '.join(server.devices)}, "
+          f"max {args.max_seconds:g} s per region); Ctrl-C to stop", flush=True)
+    server.serve_forever()
+    print("stemweave serve: stopped", flush=True)
+    return 0
+
+
+def _devices(value: str) -> list[str]:
+    names = [d.strip() for d in value.split(",") if d.strip()]
+    if names == ["auto"]:
+        import torch
+
+        return ["cuda"] if torch.cuda.is_available() else ["cpu"]
+    return names
+
+
+def make_keys(folder: Path) -> int:
+    import zmq.auth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("server", "client"):
+        if (folder / f"{name}.key_secret").exists():
+            raise UserError(f"{folder / (name + '.key_secret')} exists: not overwriting keys")
+    server_public, server_secret = zmq.auth.create_certificates(str(folder), "server")
+    zmq.auth.create_certificates(str(folder), "client")
+    print(f"wrote CURVE keys to {folder}: serve with --curve-secret {server_secret}; give clients {server_public} "
+          f"(and put client public keys in a folder for --curve-clients)", file=sys.stderr)
+    return 0
