@@ -726,12 +726,17 @@ class LoopEngine:
             "last_loop_s": round(self.last_loop_s, 3) if self.last_loop_s is not None else -1.0,
             "render_dir": str(self.render_dir) if self.render_dir else "",
             "error": self.last_error or "",
-            "gains": {stem: self._gains.get(stem, 1.0) for stem in (self.model_stems or self._slots)},
+            "gains": {stem: self._gains.get(stem, 1.0) for stem in dict.fromkeys([*(self.model_stems or ()),
+                                                                                   *self._slots])},
         })
         return status
 
     # Producer thread -------------------------------------------------------------------------------------------
     def _produce(self) -> None:
+        try:
+            self.model_stems = self.backend.stems()  # known early, so OSC can check stem names
+        except Exception:  # noqa: BLE001 - the server may still be loading: asked again with the first loop
+            pass
         while True:
             with self._lock:
                 while self._made >= self._requested and not self._closed:
@@ -794,11 +799,11 @@ class LoopEngine:
         loop = self.make_loop(serial, made, bar, settings.bars, settings.tempo,
                               info={"seed": seed, "preset": settings.preset, "source": settings.source})
         self.last_loop_s = time.monotonic() - started
-        self.loops_made += 1
-        self.last_error = None
+        self.player.hand_over(loop)
         if self.render_dir is not None:
             self.render(loop)
-        self.player.hand_over(loop)
+        self.loops_made += 1
+        self.last_error = None
 
     def _channels(self, audio: np.ndarray) -> np.ndarray:
         audio = np.atleast_2d(audio)
