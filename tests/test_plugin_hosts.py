@@ -232,3 +232,146 @@ def test_lv2file_passes_audio_through_when_no_server(bundle, tmp_path):
     out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
     np.testing.assert_array_equal(out, song)
     assert "cannot reach the server" in run.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# jalv on a dummy JACK server, in real time
+
+
+class Jack:
+    """A private dummy JACK server (its own server name, so parallel runs and a user's JACK never meet)."""
+
+    def __init__(self, tmp: Path, rate: int = 48000, period: int = 512):
+        self.name = f"stemweave-test-{os.getpid()}"
+        self.env = dict(os.environ, JACK_DEFAULT_SERVER=self.name, JACK_NO_AUDIO_RESERVATION="1")
+        self.log = open(tmp / "jackd.log", "w")
+        self.proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        self.run(["jack_wait", "-w", "-t", "10"])
+
+    def run(self, args, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=20, **kw)
+
+    def ports(self) -> list[str]:
+        return self.run(["jack_lsp"]).stdout.split()
+
+    def wait_ports(self, *ports: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not set(ports) <= set(self.ports()):
+            assert time.monotonic() < deadline, f"JACK ports {ports} never appeared: {self.ports()}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class Jalv:
+    """jalv (console) hosting the plugin; its stdin is a FIFO we hold open, so it never exits on EOF and takes
+    commands ("monitors" prints the output ports)."""
+
+    def __init__(self, tmp: Path, jack: Jack, endpoint: str, controls: dict):
+        self.fifo = tmp / "jalv.stdin"
+        os.mkfifo(self.fifo)
+        self.log_path = tmp / "jalv.log"
+        self.log = open(self.log_path, "w")
+        args = ["stdbuf", "-oL", "jalv", "-x", "-n", "swplug"]
+        for name, value in controls.items():
+            args += ["-c", f"{name}={value}"]
+        env = dict(jack.env, LV2_PATH=str(BUILD), STEMWEAVE_ENDPOINT=endpoint)
+        keep = os.open(self.fifo, os.O_RDWR)  # a writer exists from here on: opening to read does not block
+        reader = os.open(self.fifo, os.O_RDONLY)
+        self.writer = os.fdopen(os.open(self.fifo, os.O_WRONLY), "w")  # held open: jalv never sees EOF
+        os.close(keep)
+        self.proc = subprocess.Popen([*args, URI], stdin=reader, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        os.close(reader)
+
+    def status(self) -> int | None:
+        """The plugin's status port, read with jalv's `monitors` command."""
+        mark = self.log_path.stat().st_size
+        self.writer.write("monitors\n")
+        self.writer.flush()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text()[mark:]
+            match = re.search(r"status = ([0-9.]+)", text)
+            if match and "captured = " in text[match.start():]:
+                return int(float(match.group(1)))
+            time.sleep(0.05)
+        return None
+
+    def close(self) -> None:
+        self.writer.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def test_jalv_real_time_passes_through_when_the_server_stops_mid_job(bundle, tmp_path):
+    """In real time on JACK: the plugin captures a region and submits it; the server is stopped while the job
+    runs. The status goes working -> server offline, and every sample that went in comes out untouched, with no
+    gap (a dropout would break the exact match of the recording against the source)."""
+    need("jackd", "jalv", "jack_rec", "jack_transport", "jack_connect", "sndfile-jackplay", "stdbuf")
+    pytest.importorskip("stemweave.bridge.server", reason="the bridge (stemweave serve) is not in this checkout")
+    serve = Serve(tmp_path)
+    slow = tmp_path / "presets" / "separate-fast.toml"  # a job long enough to stop the server under it
+    serve.start()
+    slow.write_text(FAST_PRESETS["separate-fast"].replace("steps = 6", "steps = 20000"))
+    rate, seconds = 48000, 4.0
+    song = np.concatenate([test_region(rate, 1.0, seed=s) for s in range(int(seconds))])
+    sf.write(tmp_path / "play.wav", song, rate, subtype="FLOAT")
+    jack = Jack(tmp_path, rate)
+    jalv = rec = play = None
+    try:
+        jalv = Jalv(tmp_path, jack, serve.endpoint, {"capture": 1, "mark_start": 0.2, "mark_end": 0.7, "separate": 1})
+        jack.wait_ports("swplug:in_l", "swplug:out_r")
+        assert jalv.status() in (0, 5)  # idle (or not yet connected)
+        jack.run(["jack_transport"], input="stop\nlocate 0\n")
+        rec = subprocess.Popen(["jack_rec", "-f", str(tmp_path / "rec.wav"), "-d", str(seconds + 2), "-b", "32",
+                                "swplug:out_l", "swplug:out_r"], env=jack.env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        play = subprocess.Popen(["sndfile-jackplay", "-w", str(tmp_path / "play.wav")], env=jack.env,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        jack.wait_ports("jackplay:out_2", "jackrec:input2")
+        for src, dst in (("jackplay:out_1", "swplug:in_l"), ("jackplay:out_2", "swplug:in_r")):
+            assert jack.run(["jack_connect", src, dst]).returncode == 0
+        jack.run(["jack_transport"], input="play\n")
+        play.stdin.write("\n")  # start playing
+        play.stdin.flush()
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and 2 not in seen:
+            seen.append(jalv.status())
+        assert 2 in seen, f"the job never started: statuses {seen}\n{jalv.log_path.read_text()[-2000:]}"
+        serve.stop()  # mid-job
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and seen[-1] != 5:
+            seen.append(jalv.status())
+        assert seen[-1] == 5, f"status never said the server is offline: {seen}"
+        play.wait(timeout=seconds + 15)
+        rec.wait(timeout=seconds + 15)
+    finally:
+        for proc in (play, rec):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if jalv is not None:
+            jalv.close()
+        jack.close()
+        serve.stop()
+    recorded, rec_rate = sf.read(tmp_path / "rec.wav", dtype="float32")
+    assert rec_rate == rate
+    start = int(np.argmax(np.abs(recorded[:, 0]) > 0))  # the source's first sample is 0: allow for it
+    first = int(np.argmax(np.abs(song[:, 0]) > 0))
+    segment = recorded[start - first: start - first + len(song)]
+    assert len(segment) == len(song), "the recording ended before the song did"
+    np.testing.assert_allclose(segment, song, atol=1e-7)  # jack_rec writes 32-bit PCM

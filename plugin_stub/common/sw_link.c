@@ -386,7 +386,9 @@ static void receive(SwLink* link, double now)
             case SW_MSG_ERROR:
                 if (job_matches(link, &reply)) {
                     fprintf(stderr, "stemweave: the server says %s: %s\n", reply.code, reply.message);
-                    end_job(link, strcmp(reply.code, "cancelled") == 0 ? SW_STATE_IDLE : SW_STATE_ERROR);
+                    end_job(link, !strcmp(reply.code, "cancelled") ? SW_STATE_IDLE
+                                  : !strcmp(reply.code, "shutdown") ? SW_STATE_OFFLINE
+                                                                     : SW_STATE_ERROR);
                 }
                 break;
             default:
