@@ -24,6 +24,9 @@ from stemweave.engine.presets import load_preset
 from stemweave.engine.regions import run_region
 
 DEFAULT_PRESETS = {"separate": "separate-fast", "accompany": "accompany-fast", "generate": "generate"}
+# The warm-start preset `stemweave separate` refines a regression separator's first answer with, by default;
+# None: the first answer is the answer (README, results: the refinement must measurably improve it first).
+DEFAULT_REFINE: str | None = None
 
 
 def resolve_device(device: str = "auto") -> torch.device:

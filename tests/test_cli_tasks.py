@@ -166,3 +166,66 @@ def test_generate_seconds_and_loop(tmp_path, prior):
     assert rate == 8000 and loop.shape == (8000, 2)
     info = json.loads((tmp_path / "l" / "loop.stemweave.json").read_text())
     assert info["loop_bars"] == 1 and info["bpm"] == 240
+
+
+def tiny_models(tmp_path):
+    """A tiny untrained regression separator and a tiny untrained MSDM prior, saved as model files."""
+    from stemweave.engine.checkpoints import save_model
+    from stemweave.engine.unet import UNet1d
+
+    base = dict(channels=8, patch_factor=4, multipliers=[1, 2], factors=[2], num_blocks=1, attentions=[False],
+                attention_heads=2, attention_features=8)
+    separator = {**base, "conditioning": False, "in_channels": 1, "out_channels": 4}
+    prior = {**base, "in_channels": 4, "out_channels": 4}
+    for name, unet, kind in (("sep", separator, "regression"), ("pri", prior, "msdm")):
+        config = {"name": name, "rate": 8000, "window": 256, "unet": unet}
+        save_model(tmp_path, UNet1d(unet).eval(), name=name, kind=kind, stems=list(STEMS), config=config)
+    return tmp_path / "sep.json", tmp_path / "pri.json"
+
+
+def test_separate_writes_a_first_answer_then_the_refined_stems(tmp_path):
+    separator, prior = tiny_models(tmp_path)
+    audio = write(tmp_path / "s.wav", frames=3000, rate=16000)
+    assert main(["separate", str(tmp_path / "s.wav"), "-o", str(tmp_path / "o"), "--model", str(separator),
+                 "--refine", "--prior", str(prior), "--steps", "2", "--bit-depth", "32f", "--no-progress"]) == 0
+    provenance = json.loads((tmp_path / "o" / "s.stemweave.json").read_text())
+    assert provenance["stage"] == "refined" and provenance["preset"]["name"] == "refine-fast"
+    total = sum(sf.read(tmp_path / "o" / f"s_{s}.wav", always_2d=True)[0].T for s in STEMS)
+    np.testing.assert_allclose(total, audio, atol=1e-5)
+
+
+def test_interrupting_the_refinement_keeps_the_first_answer(tmp_path, monkeypatch, capsys):
+    from stemweave.engine import regions
+
+    separator, prior = tiny_models(tmp_path)
+    write(tmp_path / "s.wav", frames=3000, rate=16000)
+    real = regions.run_region
+    calls = []
+
+    def interrupted_second_run(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(regions, "run_region", interrupted_second_run)
+    code = main(["separate", str(tmp_path / "s.wav"), "-o", str(tmp_path / "o"), "--model", str(separator),
+                 "--refine", "--prior", str(prior), "--bit-depth", "32f", "--no-progress"])
+    assert code == 130 and "first estimate stays" in capsys.readouterr().err
+    provenance = json.loads((tmp_path / "o" / "s.stemweave.json").read_text())
+    assert provenance["stage"] == "first estimate"
+    first = {s: sf.read(tmp_path / "o" / f"s_{s}.wav", always_2d=True)[0].T for s in STEMS}
+    direct = regions.run_region.__wrapped__ if hasattr(regions.run_region, "__wrapped__") else real
+    audio, rate = sf.read(tmp_path / "s.wav", always_2d=True, dtype="float32")
+    from stemweave.engine.models import load_separator
+    from stemweave.engine.presets import load_preset
+
+    expected = direct("separate", load_separator(separator), audio.T, rate, load_preset("separate-fast"))
+    for s in STEMS:
+        np.testing.assert_allclose(first[s], expected[s], atol=1e-6)
+
+
+def test_refine_needs_a_regression_separator(tmp_path, prior):
+    write(tmp_path / "s.wav")
+    assert main(["separate", str(tmp_path / "s.wav"), "-o", str(tmp_path / "o"), "--refine", *FAST]) == 2
+    assert not (tmp_path / "o").exists()

@@ -33,6 +33,11 @@ def register(subparsers) -> None:
     sep.add_argument("--stems", default=None, help="comma-separated stems to write (default: all the model's)")
     sep.add_argument("--channel-mode", choices=("independent", "mid-side"), default="independent",
                      help="stereo: separate each channel (default) or mid and side")
+    sep.add_argument("--refine", nargs="?", const="refine-fast", default=None, metavar="PRESET",
+                     help="after the regression separator's first answer is written, refine it with a prior and "
+                     "replace the files (warm-start preset, default refine-fast); Ctrl-C keeps the first answer")
+    sep.add_argument("--no-refine", action="store_true", help="never refine, even where that is the default")
+    sep.add_argument("--prior", default=None, help="the prior that refines (default: the shipped prior)")
     _common(sep, "separate")
     sep.set_defaults(run=run_separate)
 
@@ -103,13 +108,56 @@ def run_separate(args) -> int:
     wanted = stems or list(model.stems)
     paths = outputs(wanted)
     _never_overwrite([args.input], [*paths.values(), provenance_path])
+    refine = _refine_setup(args, model, device)
     result, report, seconds = _run("separate", model, audio, rate, preset, args, stems=wanted,
                                    channel_mode=args.channel_mode)
     _write(args, result, paths, rate)
+    stage = "first estimate" if refine else None
     _provenance(provenance_path, "separate", args, model, name, device, preset, report, seconds, rate, audio.shape,
-                inputs=[args.input], outputs=paths, channel_mode=args.channel_mode)
-    _say(args, f"wrote {len(paths)} stems to {args.out}")
+                inputs=[args.input], outputs=paths, channel_mode=args.channel_mode, stage=stage)
+    if refine is None:
+        _say(args, f"wrote {len(paths)} stems to {args.out}")
+        return 0
+    _say(args, f"wrote the first estimate ({len(paths)} stems) to {args.out}; refining with {refine[1]}...")
+    warm, prior_name, refine_preset = refine
+    try:
+        result, report, seconds = _run("separate", warm, audio, rate, refine_preset, args, stems=wanted,
+                                       channel_mode=args.channel_mode)
+    except KeyboardInterrupt:
+        _say(args, f"refinement interrupted: the first estimate stays in {args.out}")
+        return 130
+    _write(args, result, paths, rate)
+    _provenance(provenance_path, "separate", args, warm, f"{name} refined by {prior_name}", device, refine_preset,
+                report, seconds, rate, audio.shape, inputs=[args.input], outputs=paths,
+                channel_mode=args.channel_mode, stage="refined")
+    _say(args, f"replaced them with the refined stems in {args.out}")
     return 0
+
+
+def _refine_setup(args, model, device):
+    """(WarmStart, prior name, preset) when this separation refines a regression separator's answer, else None."""
+    from stemweave import api
+    from stemweave.engine.models import RegressionSeparator
+    from stemweave.engine.presets import load_preset
+    from stemweave.engine.refine import WarmStart
+
+    preset_name = None if args.no_refine else (args.refine or api.DEFAULT_REFINE)
+    if preset_name is None:
+        return None
+    if not isinstance(model, RegressionSeparator):
+        if args.refine:
+            raise UserError("--refine refines a regression separator's first answer: choose one with --model")
+        return None
+    try:
+        preset = load_preset(preset_name)
+        if not preset.options.get("warm_start"):
+            raise ValueError(f"preset {preset.name!r} does not refine a first estimate: use refine or refine-fast")
+        prior, prior_name = api.load_task_model(args.prior, "accompany", device)
+        return WarmStart(model, prior), prior_name, preset
+    except ValueError as error:
+        if args.refine or args.prior:
+            raise UserError(str(error)) from None
+        return None  # refining is only a default: without a shipped prior, the first answer is the answer
 
 
 def run_accompany(args) -> int:
