@@ -393,7 +393,7 @@ def find_export(model_card_path: Path, card: dict[str, Any], format: str, dtype:
                 cache_dir: str | Path | None = None) -> Path | None:
     """The card of an export of this model's weights (next to the model file, then in the cache), or None."""
     name = card["name"]
-    for folder in (model_card_path.parent, _cache_folder(card, cache_dir)):
+    for folder in (model_card_path.parent, _cache_folder(card, format, dtype, cache_dir)):
         candidate = folder / f"{name}.{format}.json"
         if not candidate.exists():
             continue
@@ -408,8 +408,9 @@ def find_export(model_card_path: Path, card: dict[str, Any], format: str, dtype:
     return None
 
 
-def _cache_folder(card: dict[str, Any], cache_dir) -> Path:
-    return cache_root(cache_dir) / "export" / f"{card['name']}-{(card.get('sha256') or 'unknown')[:12]}"
+def _cache_folder(card: dict[str, Any], format: str, dtype: str, cache_dir) -> Path:
+    """cache/export/<name>-<first 12 hex of the weights' sha256>/<format>-<dtype>/: one folder per export."""
+    return cache_root(cache_dir) / "export" / f"{card['name']}-{(card.get('sha256') or 'unknown')[:12]}" / f"{format}-{dtype}"
 
 
 def ensure_export(name_or_path, format: str = "onnx", dtype: str = "fp32", cache_dir=None,
@@ -423,7 +424,7 @@ def ensure_export(name_or_path, format: str = "onnx", dtype: str = "fp32", cache
     found = find_export(card_path, card, format, dtype, cache_dir)
     if found is not None:
         return found
-    folder = _cache_folder(card, cache_dir)
+    folder = _cache_folder(card, format, dtype, cache_dir)
     (log or _stderr)(f"stemweave: exporting {card['name']} to {format} once (cached in {folder}) ...")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

@@ -190,3 +190,19 @@ def test_onnx_session_does_not_spin(msdm):
     assert denoiser.options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert denoiser.options.intra_op_num_threads == 1 and denoiser.providers == ["CPUExecutionProvider"]
     assert np.isfinite(denoiser(torch.zeros(1, 4, STRIDE), 1.0).numpy()).all()
+
+
+def test_bench_cli_writes_a_table_and_json(msdm, tmp_path, capsys):
+    path, _ = msdm
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(path), "--backends", "torch,onnx", "--in-process", "--batches", "1,2",
+            "--repeats", "1", "--measure-steps", "1", "--presets", "separate-fast", "--seconds", "0.1",
+            "--json", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [r["backend"] for r in report["results"]] == ["torch", "onnx"]
+    fast = report["results"][1]["presets"]["separate-fast"]
+    assert fast["extrapolated"] and fast["evaluations_per_window"] == 100 and fast["rtf"] > 0
+    assert set(report["results"][0]["ms_per_eval"]) == {"1", "2"} and "onnx" in report["speedup_vs_torch"]
+    assert "separate-fast RTF" in capsys.readouterr().out
+    assert main(["bench", "--model", str(path), "--backends", "tensorflow"]) == 2
