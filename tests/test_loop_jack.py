@@ -144,7 +144,7 @@ def test_midi_clock_through_a_virtual_port_sets_the_loop_tempo(jack_server, monk
         pytest.skip("python-rtmidi was built without its JACK API")
     name, _env = jack_server
     monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
-    from tests.test_osc_surface import InstantBackend
+    from test_osc_surface import InstantBackend
     from stemweave.bridge.loop import LoopEngine
 
     engine = LoopEngine(InstantBackend(), rate=8000, output="virtual", log=lambda text: None)

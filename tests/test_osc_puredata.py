@@ -17,7 +17,7 @@ PATCH = Path(__file__).resolve().parents[1] / "docs" / "puredata" / "stemweave-l
 def test_pd_patch_sets_tempo_and_bars_and_prints_the_status_reply():
     if shutil.which("pd") is None:
         pytest.skip("Pure Data is not installed (Debian package puredata-core: scripts/install-system-packages --test)")
-    from tests.test_osc_surface import InstantBackend
+    from test_osc_surface import InstantBackend
 
     engine = LoopEngine(InstantBackend(), rate=8000, output="virtual", log=lambda text: None)
     control = osc.OscControl(engine, "127.0.0.1", 0, log=lambda text: None).start()

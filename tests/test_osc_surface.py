@@ -154,7 +154,7 @@ def test_handlers_return_nothing_to_python_osc(surface):
 
 
 def test_serve_hook_makes_loops_through_the_job_queue_at_interactive_priority(tmp_path):
-    from tests.test_loop_generate import TEST_PRESET, tiny_prior
+    from test_loop_generate import TEST_PRESET, tiny_prior
     from stemweave.bridge.server import Server
 
     (tmp_path / "loop-test.toml").write_text(TEST_PRESET)
@@ -168,7 +168,8 @@ def test_serve_hook_makes_loops_through_the_job_queue_at_interactive_priority(tm
         for message in [("/stemweave/preset", "loop-test"), ("/stemweave/loop/tempo", 240.0), ("/stemweave/loop/bars", 1),
                         ("/stemweave/loop/stems", "bass", "piano"), ("/stemweave/loop/start",)]:
             assert ask(control, *message, timeout=0.2) == []
-        assert wait_for(lambda: engine.loops_made >= 1, timeout=120), engine.last_error
+        assert wait_for(lambda: engine.loops_made >= 1 and engine.player.current is not None, timeout=120), \
+            engine.last_error  # made, and taken by the (virtual) audio stream
         jobs = list(server.jobs.values())
         assert jobs and all(j.priority == "interactive" and j.spec["task"] == "generate" for j in jobs)
         assert jobs[0].spec["region"]["loop_frames"] == 16000 and jobs[0].spec["region"]["stems"] == ["bass", "piano"]
