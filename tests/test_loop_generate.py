@@ -74,7 +74,7 @@ def test_engine_without_a_device_renders_loops_to_files(tmp_path, presets):
     try:
         engine.start()
         deadline = time.monotonic() + 120
-        while engine.loops_made < 1 and time.monotonic() < deadline:
+        while (engine.loops_made < 1 or engine.player.current is None) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine.loops_made == 1, engine.last_error
         files = sorted(str(f.relative_to(tmp_path / "loops")) for f in (tmp_path / "loops").rglob("*.wav"))
