@@ -391,7 +391,10 @@ static void receive(SwLink* link, double now)
                                                                      : SW_STATE_ERROR);
                 }
                 break;
-            default:
+            case SW_MSG_UNKNOWN:
+            case SW_MSG_HELLO: /* any reply at all already marked the server online */
+            case SW_MSG_PARTIAL: /* finished windows: the plugin plays the whole result only */
+            case SW_MSG_STATUS:
                 break;
             }
         }

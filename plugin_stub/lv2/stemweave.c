@@ -361,16 +361,24 @@ static void process(Plugin* self, uint32_t begin, uint32_t end)
         /* capture: exact to the sample on the host timeline */
         if (rolling && self->armed) {
             if (marks) {
-                if (!self->capturing && f == mark_start) start_capture(self, mark_start, mark_end - mark_start);
-                if (self->capturing && f >= mark_start && f < mark_end && f - mark_start <= self->cap_len) {
+                /* Each sample goes to its frame's place in the span, so a host that skips frames (an xrun) or
+                 * starts inside the span leaves silence there, never a shift. The span ends at its last frame. */
+                if (self->capturing && f >= mark_end) capture_done(self); /* the transport jumped past it */
+                if (!self->capturing && f >= mark_start && f < mark_end)
+                    start_capture(self, mark_start, mark_end - mark_start);
+                if (self->capturing && f >= mark_start && f < mark_end) {
                     int64_t k = f - mark_start;
                     if (k < self->max_frames) {
+                        if (k > self->cap_len) /* frames the host skipped: silence, not an older capture */
+                            for (int ch = 0; ch < 2; ++ch)
+                                memset(self->buffers[self->buffer].data[ch] + self->cap_len, 0,
+                                       (size_t)(k - self->cap_len) * sizeof(float));
                         self->buffers[self->buffer].data[0][k] = l;
                         self->buffers[self->buffer].data[1][k] = r;
                         self->mono = self->mono && l == r;
-                        if (k == self->cap_len) ++self->cap_len;
+                        if (k >= self->cap_len) self->cap_len = k + 1;
                     }
-                    if (self->cap_len == self->cap_want || k + 1 >= self->max_frames) capture_done(self);
+                    if (k + 1 == self->cap_want || k + 1 >= self->max_frames) capture_done(self);
                 }
             } else {
                 if (!self->capturing) start_capture(self, f, 0);
