@@ -77,3 +77,24 @@ def test_evaluate_cli_on_a_rendered_test_split(tmp_path, capsys):
 def test_evaluate_cli_refuses_unknown_baselines_and_models(tmp_path):
     assert main(["evaluate", "--data", str(tmp_path), "--baselines", "magic"]) == 2
     assert main(["evaluate", "--data", str(tmp_path), "--model", "no-such-model"]) == 2
+
+
+def test_generation_subsets_are_the_fifteen_of_msdm_table_2():
+    subsets = ev.generation_subsets(STEMS)
+    assert len(subsets) == 15 and subsets[0] == ("bass",) and subsets[-1] == STEMS
+
+
+def test_evaluate_generation_cli_scores_every_subset_and_writes_examples(tmp_path, capsys):
+    from test_cli_tasks import tiny_models
+
+    _, prior = tiny_models(tmp_path)
+    assert main(["data", "render", "--out", str(tmp_path / "test"), "--songs", "1", "--seconds", "2", "--split", "test",
+                 "--rate", "8000", "--jobs", "1"]) == 0
+    out = tmp_path / "gen.json"
+    assert main(["evaluate", "--generation", "--model", str(prior), "--data", str(tmp_path / "test"), "--windows", "4",
+                 "--preset", "accompany-fast", "--examples", str(tmp_path / "ex"), "--json", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "Fréchet" not in line]
+    assert len(rows) == 15
+    report = json.loads(out.read_text())["generation"]
+    assert all(np.isfinite(r["frechet"]) and r["frechet"] >= 0 for r in next(iter(report.values())))
+    assert (tmp_path / "ex" / "pri" / "bass_0_mix.wav").exists()

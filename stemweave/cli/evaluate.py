@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 
@@ -31,6 +32,12 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--generation", action="store_true",
+                        help="instead of separation: accompany every subset of stems given the rest of real windows "
+                        "(and generate all of them), scoring the mixtures by a Fréchet distance on log-mel frames "
+                        "and the share of silent generated stems (MSDM Table 2's protocol)")
+    parser.add_argument("--windows", type=int, default=16, help="--generation: how many test windows (default 16)")
+    parser.add_argument("--examples", help="--generation: write the generated clips here as WAV files to listen to")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.set_defaults(run=run)
 
@@ -51,17 +58,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown baseline(s) {', '.join(sorted(unknown))}: choose from {', '.join(BASELINES)} or 'none'")
     try:
         cards = {m: read_card(resolve_model(m)) for m in args.model + ([args.refine_from] if args.refine_from else [])}
-        presets = [load_preset(p) for p in (args.preset or ["separate-fast"])]
+        default = "accompany-fast" if args.generation else "separate-fast"
+        presets = [load_preset(p) for p in (args.preset or [default])]
         sigmas = [float(s) for s in args.refine_sigmas.split(",") if s]
     except ValueError as error:
         raise UserError(str(error)) from None
-    if any(p.task != "separate" for p in presets):
-        raise UserError("evaluate takes separation presets only")
+    wanted_task = "accompany" if args.generation else "separate"
+    if any(p.task != wanted_task for p in presets):
+        raise UserError(f"evaluate{' --generation' if args.generation else ''} takes {wanted_task} presets only")
     first = next(iter(cards.values()), {"rate": 22050, "window": 32768, "stems": ["bass", "drums", "guitar", "piano"]})
     rate, window, stems = first["rate"], first["window"], tuple(first["stems"])
     for name, card in cards.items():
         if (card["rate"], card["window"], tuple(card["stems"])) != (rate, window, stems):
             raise UserError(f"model {name} has another rate, window or stems than {next(iter(cards))}; evaluate them separately")
+    if args.generation:
+        return run_generation(args, cards, presets[0], rate, window, stems)
     try:
         tracks = ev.test_tracks(args.data, window, stems, rate, args.tracks, args.seconds)
     except (ValueError, OSError) as error:
@@ -95,6 +106,64 @@ def run(args: argparse.Namespace) -> int:
         meta = {"data": args.data, "tracks": len(tracks), "seconds_per_track": args.seconds, "machine": machine(), "command": " ".join(sys.argv)}
         ev.write_report(args.json, reports, meta)
     return 0
+
+
+def run_generation(args, cards, preset, rate, window, stems) -> int:
+    """Score accompaniment of every subset and total generation for each prior given with --model."""
+    import numpy as np
+
+    from stemweave.engine import evaluate as ev
+    from stemweave.engine.data.datasets import fixed_windows
+    from stemweave.engine.models import load_prior
+
+    priors = [name for name, card in cards.items() if card["kind"] in ("msdm", "isdm")]
+    if not priors:
+        raise UserError("--generation needs a prior: pass --model with an msdm or isdm model")
+    try:
+        windows = [w for _, _, w in fixed_windows(args.data, window, stems=stems, rate=rate)]
+    except (ValueError, OSError) as error:
+        raise UserError(str(error)) from None
+    if not windows:
+        raise UserError(f"no test windows under {args.data}")
+    step = max(1, len(windows) // args.windows)
+    windows = np.stack(windows[::step][: args.windows])
+    results = {}
+    for name in priors:
+        keep = _example_writer(args.examples, name, rate, stems) if args.examples else None
+        print(f"evaluating generation with {name} ({preset.name}) on {len(windows)} windows...", file=sys.stderr)
+        reports = ev.evaluate_generation(load_prior(name), windows, preset, rate, ev.generation_subsets(stems),
+                                         args.batch, args.seed, keep)
+        results[name] = [r.as_dict() for r in reports]
+        print(f"\n{name}, {preset.name}\n| generated | Fréchet (mel) | silent share | s per clip |\n|---|---|---|---|")
+        for r in reports:
+            silent = ", ".join(f"{s} {v:.0%}" for s, v in r.silent.items())
+            print(f"| {'+'.join(s[0].upper() for s in r.generated)} | {r.frechet:.2f} | {silent} | {r.seconds / r.clips:.2f} |")
+    if args.json:
+        meta = {"data": args.data, "windows": len(windows), "preset": preset.name, "machine": machine(),
+                "command": " ".join(sys.argv)}
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps({**meta, "generation": results}, indent=2))
+    return 0
+
+
+def _example_writer(folder, model_name, rate, stems):
+    """Writes each subset's first clips as <folder>/<model>/<subset>_<i>_mix.wav and _<stem>.wav per stem."""
+    from pathlib import Path
+
+    from stemweave.engine.audio_io import write_audio
+
+    root = Path(folder) / Path(model_name).stem
+
+    def keep(subset, result, windows, clips=4):
+        tag = "+".join(subset)
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(min(clips, len(result))):
+            write_audio(root / f"{tag}_{i}_mix.wav", result[i].sum(0)[None], rate, format="wav", bit_depth="24")
+            for k, stem in enumerate(stems):
+                write_audio(root / f"{tag}_{i}_{stem}.wav", result[i][k][None], rate, format="wav", bit_depth="24")
+
+    return keep
 
 
 def format_table(reports, stems) -> str:
