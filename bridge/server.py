@@ -86,16 +86,14 @@ def shipped_model_names() -> list[str]:
     return [*models.list_models(), ANALYTIC_MODEL]
 
 
-def default_model_loader(name: str, device: str):
-    """Load a shipped model by name (a regression separator or a prior, by its card), or the analytic prior."""
+def default_model_loader(name: str, device: str, backend: str = "torch"):
+    """Load a shipped model by name (a regression separator or a prior, by its card), or the analytic prior;
+    a prior's network runs on `backend` (export/backends.py)."""
     if name == ANALYTIC_MODEL:
         return analytic_model()
-    from stemweave.engine import models
-    from stemweave.engine.checkpoints import read_card
+    from stemweave import api
 
-    if read_card(models.resolve_model(name)).get("kind") == "regression":
-        return models.load_separator(name, device=device)
-    return models.load_prior(name, device=device)
+    return api.load_task_model(name, "separate", device, backend)[0]
 
 
 def default_model_for(task: str, names: list[str]) -> str:

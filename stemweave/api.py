@@ -75,8 +75,13 @@ def default_model(task: str) -> str:
                      "train one (`stemweave train ... --export-model NAME`) or pass --model PATH to a model file")
 
 
-def load_task_model(name: str | None, task: str, device: str | torch.device = "cpu"):
-    """(model, name): a prior or (for separation) a regression separator, by shipped name or model-file path."""
+def load_task_model(name: str | None, task: str, device: str | torch.device = "cpu", backend: str = "torch",
+                    threads: int | None = None):
+    """(model, name): a prior or (for separation) a regression separator, by shipped name or model-file path.
+
+    A prior's denoisers run on `backend` (torch, onnx, torchscript or auto: export/backends.py); a regression
+    separator is one network evaluation per window and always runs on torch.
+    """
     name = name or default_model(task)
     card = read_card(models.resolve_model(name))
     if card.get("kind") == "regression":
@@ -84,7 +89,11 @@ def load_task_model(name: str | None, task: str, device: str | torch.device = "c
             raise ValueError(f"model {name!r} is a regression separator: it can only separate; "
                              f"{task} needs a prior (shipped priors: {', '.join(_priors()) or 'none'})")
         return models.load_separator(name, device=device), name
-    return models.load_prior(name, device=device), name
+    if backend == "torch":
+        return models.load_prior(name, device=device), name
+    from stemweave.export.backends import load_prior_with_backend
+
+    return load_prior_with_backend(name, backend=backend, device=device, threads=threads), name
 
 
 def _priors() -> list[str]:

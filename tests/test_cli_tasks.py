@@ -229,3 +229,20 @@ def test_refine_needs_a_regression_separator(tmp_path, prior):
     write(tmp_path / "s.wav")
     assert main(["separate", str(tmp_path / "s.wav"), "-o", str(tmp_path / "o"), "--refine", *FAST]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_separate_on_the_onnx_backend_matches_torch(tmp_path, monkeypatch):
+    """--backend onnx exports the prior once and gives the same stems as torch (issue 8)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("STEMWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    _, prior = tiny_models(tmp_path)
+    write(tmp_path / "s.wav", frames=2000, rate=8000)
+    stems = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / backend
+        assert main(["separate", str(tmp_path / "s.wav"), "-o", str(out), "--model", str(prior), "--backend", backend,
+                     *FAST, "--bit-depth", "32f"]) == 0
+        stems[backend] = {s: sf.read(out / f"s_{s}.wav", always_2d=True)[0] for s in STEMS}
+        assert json.loads((out / "s.stemweave.json").read_text())["backend"]["backend"] == backend
+    for s in STEMS:
+        np.testing.assert_allclose(stems["onnx"][s], stems["torch"][s], atol=1e-4)

@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="most jobs waiting at once")
     from stemweave.bridge.osc import add_arguments as add_loop_arguments  # the loop engine's options (issue 7)
 
+    p.add_argument("--backend", choices=("torch", "onnx", "torchscript", "auto"), default="torch",
+                   help="where priors' networks run (default torch; onnx: ONNX Runtime, exported once into a cache)")
     add_loop_arguments(p)
     p.set_defaults(run=run)
 
@@ -52,7 +54,15 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     try:
         devices = _devices(args.device)
-        server = Server(args.bind, default_model=args.model, devices=devices, max_seconds=args.max_seconds,
+        loader = None
+        if args.backend != "torch":
+            import functools
+
+            from stemweave.bridge.server import default_model_loader, shipped_model_names
+
+            loader = functools.partial(default_model_loader, backend=args.backend)
+        server = Server(args.bind, default_model=args.model, devices=devices, model_loader=loader,
+                        model_names=shipped_model_names if loader else None, max_seconds=args.max_seconds,
                         preset_dir=args.preset_dir, curve_secret=args.curve_secret, curve_clients=args.curve_clients,
                         heartbeat_s=args.heartbeat, cache_bytes=args.cache_mb << 20, max_queue=args.max_queue,
                         preload=not args.no_preload, osc_port=args.osc_port)

@@ -75,6 +75,9 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
                    + ("regression separator, else prior)" if task == "separate" else "prior)"))
     p.add_argument("--preset", default=None, help="a preset name or .toml path (default: the task's fast preset)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--backend", choices=("torch", "onnx", "torchscript", "auto"), default="torch",
+                   help="where a prior's network runs (default torch; onnx: ONNX Runtime, exported once into a "
+                   "cache; auto: ONNX Runtime when it can run here)")
     p.add_argument("--format", choices=("wav", "flac"), default="wav", help="output format (default wav)")
     p.add_argument("--bit-depth", choices=("16", "24", "32f"), default="24", help="output bit depth (default 24)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same stems")
@@ -152,7 +155,7 @@ def _refine_setup(args, model, device):
         preset = load_preset(preset_name)
         if not preset.options.get("warm_start"):
             raise ValueError(f"preset {preset.name!r} does not refine a first estimate: use refine or refine-fast")
-        prior, prior_name = api.load_task_model(args.prior, "accompany", device)
+        prior, prior_name = api.load_task_model(args.prior, "accompany", device, args.backend, args.threads)
         return WarmStart(model, prior), prior_name, preset
     except ValueError as error:
         if args.refine or args.prior:
@@ -337,7 +340,7 @@ def _setup(args, task: str):
             raise ValueError(f"preset {preset.name!r} is for {preset.task}, not {task}")
         overrides = {k: getattr(args, k) for k in ("steps", "sigma_min", "sigma_max", "rho", "s_churn", "resamples")}
         preset = preset.with_overrides(**overrides)
-        model, name = api.load_task_model(args.model, task, device)
+        model, name = api.load_task_model(args.model, task, device, args.backend, args.threads)
     except (ValueError, TypeError) as error:
         raise UserError(str(error)) from None
     return model, name, device, preset
@@ -408,6 +411,7 @@ def _provenance(path, task, args, model, name, device, preset, report, seconds, 
         "preset": {"name": preset.name, "sampler": asdict(preset.sampler), "options": dict(preset.options)},
         "seed": args.seed,
         "device": str(device),
+        "backend": getattr(model, "backend", None) or {"backend": "torch"},
         "rate": rate,
         "channels": int(shape[0]),
         "frames": int(shape[1]),
