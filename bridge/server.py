@@ -52,6 +52,8 @@ REGION_PARAMS = {"stems": (list, None, None), "channel_mode": (str, None, None),
                  "frames": (int, 1, 1 << 31), "seconds": (float, 0.0, 1e7), "channels": (int, 1, 2),
                  "loop_frames": (int, 1, 1 << 31), "regenerate": (list, None, None), "window_shape": (str, None, None),
                  "batch_size": (int, 1, 4096)}
+# Separation with a regression separator, refined by a prior (issue 13): an "estimate" partial, then the result.
+REFINE_PARAMS = {"refine": (str, None, None), "prior": (str, None, None)}
 
 
 class ServerError(Exception):
@@ -539,12 +541,13 @@ class Server:
         if preset_name not in self.preset_names():
             raise RequestError("bad-request", f"unknown preset {preset_name!r}: one of {', '.join(self.preset_names())}")
         params = dict(message.params)
-        unknown = sorted(set(params) - set(SAMPLER_PARAMS) - set(OPTION_PARAMS) - set(REGION_PARAMS))
+        rules = {**SAMPLER_PARAMS, **OPTION_PARAMS, **REGION_PARAMS, **REFINE_PARAMS}
+        unknown = sorted(set(params) - set(rules))
         if unknown:
-            known = ", ".join([*SAMPLER_PARAMS, *OPTION_PARAMS, *REGION_PARAMS])
-            raise RequestError("bad-request", f"unknown parameter(s) {', '.join(unknown)}: known are {known}")
+            raise RequestError("bad-request", f"unknown parameter(s) {', '.join(unknown)}: known are {', '.join(rules)}")
         for name, value in params.items():
-            _check_param(name, value, {**SAMPLER_PARAMS, **OPTION_PARAMS, **REGION_PARAMS}[name])
+            _check_param(name, value, rules[name])
+        refine = self._validate_refine(task, params)
         preset = self._load_preset(preset_name)
         if preset.task != task:
             raise RequestError("bad-request", f"preset {preset_name!r} is for {preset.task}, not {task}")
@@ -572,7 +575,26 @@ class Server:
         if "regenerate" in region:
             region["regenerate"] = tuple(region["regenerate"])
         return {"task": task, "model": model, "preset": preset_name, "preset_repr": repr(preset), "seed": message.seed,
-                "rate": message.rate, "region": region, "preset_obj": preset, "channels": channels}
+                "rate": message.rate, "region": region, "preset_obj": preset, "channels": channels, "refine": refine}
+
+    def _validate_refine(self, task: str, params: dict) -> dict | None:
+        """{"preset": Preset, "prior": name} when the request asks to refine the first answer, else None."""
+        if "refine" not in params:
+            if "prior" in params:
+                raise RequestError("bad-request", "parameter prior goes with refine (a warm-start preset)")
+            return None
+        if task != "separate":
+            raise RequestError("bad-request", "refine refines a separation: it goes with task separate")
+        name = params["refine"]
+        if name not in self.preset_names():
+            raise RequestError("bad-request", f"unknown refine preset {name!r}")
+        preset = self._load_preset(name)
+        if preset.task != "separate" or not preset.options.get("warm_start"):
+            raise RequestError("bad-request", f"preset {name!r} does not refine a first estimate (try refine-fast)")
+        prior = params.get("prior") or self._default_model("accompany")
+        if prior not in self.model_names():
+            raise RequestError("bad-request", f"unknown prior {prior!r}: this server has {', '.join(self.model_names())}")
+        return {"preset": preset, "prior": prior}
 
     def _load_preset(self, name: str):
         from stemweave.engine.presets import load_preset
@@ -659,9 +681,12 @@ class Server:
             model = self.models.get(spec["model"], device)
             if job.cancel.is_set():
                 raise Cancelled("cancelled")
+            refine = spec.get("refine")
             stems = run_region(spec["task"], model, job.audio, job.rate, spec["preset_obj"], given=job.given or None,
-                               seed=spec["seed"], progress=progress, cancel=job.cancel, on_partial=partial,
-                               **spec["region"])
+                               seed=spec["seed"], progress=progress, cancel=job.cancel,
+                               on_partial=None if refine else partial, **spec["region"])
+            if refine:
+                stems = self._refine(job, spec, device, model, stems, progress, partial)
             stems = {name: np.ascontiguousarray(s, dtype="<f4") for name, s in stems.items()}
             elapsed = time.monotonic() - job.started
             info = {"model": spec["model"], "preset": spec["preset"], "seed": spec["seed"], "device": device,
@@ -686,6 +711,21 @@ class Server:
         finally:
             self._running.pop(job.id, None)
             job.release()
+
+    def _refine(self, job: Job, spec: dict, device: str, separator, first: dict, progress, partial) -> dict:
+        """Send the separator's stems as an "estimate" partial, then refine them with the prior (WarmStart)."""
+        from stemweave.engine.refine import WarmStart
+        from stemweave.engine.regions import run_region
+
+        frames = next(iter(first.values())).shape[1]
+        partial({"stems": first, "rate": job.rate, "start": 0, "end": frames, "kind": "estimate"})
+        prior = self.models.get(spec["refine"]["prior"], device)
+        try:
+            warm = WarmStart(separator, prior)
+        except (ValueError, AttributeError) as error:
+            raise ValueError(f"cannot refine {spec['model']} with {spec['refine']['prior']}: {error}") from None
+        return run_region("separate", warm, job.audio, job.rate, spec["refine"]["preset"], seed=spec["seed"],
+                          progress=progress, cancel=job.cancel, on_partial=partial, **spec["region"])
 
     def _end(self, job: Job, state: str, error: tuple[str, str]) -> None:
         """Finish a job without a result and tell everyone watching it."""

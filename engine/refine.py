@@ -17,13 +17,15 @@ class WarmStart:
     def __init__(self, separator, prior):
         if tuple(separator.stems) != tuple(prior.stems):
             raise ValueError(f"the separator's stems {separator.stems} differ from the prior's {prior.stems}")
-        separator_card, prior_card = getattr(separator, "card", {}) or {}, getattr(prior, "card", {}) or {}
-        if separator_card.get("rate") != prior_card.get("rate"):
-            raise ValueError("the separator and the prior run at different sample rates")
+        rates = [_attribute(model, "rate") for model in (separator, prior)]
+        if rates[0] != rates[1]:
+            raise ValueError(f"the separator runs at {rates[0]} Hz and the prior at {rates[1]} Hz")
         self.separator, self.prior = separator, prior
         self.stems = tuple(prior.stems)
-        self.card = {**prior_card, "name": f"{separator_card.get('name')}+{prior_card.get('name')}",
-                     "window": min(separator_card.get("window", 1 << 30), prior_card.get("window", 1 << 30))}
+        self.rate = rates[1]
+        self.window = min(_attribute(separator, "window"), _attribute(prior, "window"))
+        names = [_attribute(model, "name") or type(model).__name__ for model in (separator, prior)]
+        self.card = {**(getattr(prior, "card", None) or {}), "name": "+".join(names), "window": self.window}
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.prior.denoise(x, sigma)
@@ -32,3 +34,8 @@ class WarmStart:
     def first_estimate(self, mixture: torch.Tensor) -> torch.Tensor:
         """(batch, 1, time) -> (batch, K, time) stems that sum to the mixture."""
         return self.separator(mixture)
+
+
+def _attribute(model, name: str):
+    """A model's rate, window or name: an attribute, else its model card's entry."""
+    return getattr(model, name, None) or (getattr(model, "card", None) or {}).get(name)

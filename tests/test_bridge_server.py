@@ -313,3 +313,40 @@ def test_binding_beyond_loopback_needs_curve_keys(tmp_path):
                 plain.hello()
     finally:
         server.stop()
+
+
+def test_refine_sends_the_first_estimate_then_the_refined_result():
+    """Issue 13 through the server: the separator's stems arrive as an "estimate" partial, then the refined result;
+    cancelling during the refinement leaves the client holding the estimate."""
+    from test_regions import FIRSeparator
+
+    def load(name, device):
+        return FIRSeparator() if name == "sep" else SlowPrior(delay=0.01 if name == "toy" else 0.05)
+
+    server = Server("tcp://127.0.0.1:*", model_loader=load, model_names=["sep", "toy", "slow"], preload=False).start()
+    try:
+        with Client(server.endpoint, timeout=20) as client:
+            audio = region(seconds=0.25, channels=1)
+            estimates = []
+            stems = client.separate(audio, RATE, model="sep", refine="refine-fast", prior="toy", steps=3,
+                                    on_partial=lambda p: p.get("kind") == "estimate" and estimates.append(p))
+            assert len(estimates) == 1
+            estimate = estimates[0]["stems"]
+            direct = run_region("separate", FIRSeparator(), audio, RATE, load_preset("separate-fast"))
+            for name in direct:
+                np.testing.assert_allclose(estimate[name], direct[name], atol=1e-6)
+            assert np.abs(sum(stems.values()) - audio).max() < 1e-5
+
+            estimates.clear()
+            job = client.submit("separate", audio, RATE, model="sep", params={"refine": "refine-fast", "prior": "slow",
+                                "steps": 5000}, on_partial=lambda p: p.get("kind") == "estimate" and estimates.append(p))
+            while not estimates:
+                client.poll(0.05)
+            client.cancel(job)
+            with pytest.raises(JobCancelled):
+                client.wait(job, timeout=10)
+            assert set(estimates[0]["stems"]) == set(direct)
+            with pytest.raises(ServerError, match="refine"):
+                client.separate(audio, RATE, model="sep", refine="separate-fast")
+    finally:
+        server.stop()
