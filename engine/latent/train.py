@@ -152,14 +152,16 @@ def _single_stems(batch: torch.Tensor, limit: int) -> torch.Tensor:
     return chosen[:limit, None]
 
 
-def vae_loss(vae: SourceVAE, audio: torch.Tensor, losses: LossConfig, generator: torch.Generator | None = None):
-    """(total, terms, reconstruction) for single-stem audio (B, 1, N); no adversarial terms."""
+def vae_loss(vae: SourceVAE, audio: torch.Tensor, losses: LossConfig, generator: torch.Generator | None = None,
+             kl_factor: float = 1.0):
+    """(total, terms, reconstruction) for single-stem audio (B, 1, N); no adversarial terms. `kl_factor` scales
+    the KL weight (a warm-up)."""
     out = vae(audio, sample=True, generator=generator)
     estimate, target = out["audio"][:, 0], audio[:, 0]
     terms = {"mel": multiscale_mel_loss(estimate, target, vae.rate, losses), "kl": out["kl"].mean()}
     if losses.stft:
         terms["stft"] = multiresolution_stft_loss(estimate, target, losses)
-    total = losses.mel * terms["mel"] + losses.kl * terms["kl"] + losses.stft * terms.get("stft", 0.0)
+    total = losses.mel * terms["mel"] + kl_factor * losses.kl * terms["kl"] + losses.stft * terms.get("stft", 0.0)
     return total, terms, out["audio"]
 
 
@@ -270,7 +272,8 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
             while step < settings.steps and not stop.requested:
                 t0 = time.time()
                 audio = _single_stems(next(batches), batch).to(device)  # (B, 1, N)
-                total, terms, recon = vae_loss(vae, audio, losses, generator)
+                kl_factor = min(1.0, (step + 1) / hp["kl_warmup"]) if hp.get("kl_warmup") else 1.0
+                total, terms, recon = vae_loss(vae, audio, losses, generator, kl_factor)
                 if disc is not None:
                     d_loss = discriminator_loss(disc(audio), disc(recon.detach()))
                     disc_optimizer.zero_grad(set_to_none=True)
@@ -332,7 +335,7 @@ def export_vae(run_dir: str | Path, name: str, out_dir: str | Path = MODEL_DIR, 
 
 
 @torch.no_grad()
-def encode_long(vae: SourceVAE, audio: torch.Tensor, chunk_frames: int = 2048, context_frames: int = 32) -> torch.Tensor:
+def encode_long(vae: SourceVAE, audio: torch.Tensor, chunk_frames: int = 256, context_frames: int = 32) -> torch.Tensor:
     """Posterior means of long mono audio (N,) -> (C, frames_for(N)), chunk by chunk with `context_frames` of
     context on each side (the encoder is shift-equivariant for shifts of one hop, so chunks line up)."""
     hop, frames = vae.hop, vae.frames_for(audio.shape[-1])
@@ -471,14 +474,15 @@ def train_prior(settings: PriorTrainSettings, dataset=None, valid_windows: torch
     sigma_min, sigma_max = prior_cfg.get("sigma_min", 0.01), prior_cfg.get("sigma_max", 3.0)
     checkpoint_every = settings.checkpoint_every or hp.get("checkpoint_every", 500)
     if dataset is None:
-        dataset = LatentChunks(settings.latents, frames, seed=settings.seed)
+        dataset = LatentChunks(settings.latents, frames, seed=settings.seed, scale=prior_cfg.get("latent_scale", 1.0))
     stems = tuple(getattr(dataset, "stems", STEMS))
     manifest = getattr(dataset, "manifest", {})
     if manifest and manifest.get("latent_dim") != config["vae"]["latent_dim"]:
         raise ValueError(f"the latents have C = {manifest.get('latent_dim')}, the config's VAE C = "
                          f"{config['vae']['latent_dim']}: encode with a VAE of this config")
     if valid_windows is None and settings.valid_latents:
-        valid_windows = LatentChunks(settings.valid_latents, frames).fixed(settings.valid_windows)
+        valid_windows = LatentChunks(settings.valid_latents, frames, scale=prior_cfg.get("latent_scale", 1.0)).fixed(
+            settings.valid_windows)
     unet_config = prior_network_config(config, len(stems))
     run_dir = Path(settings.run_dir)
     checkpoint_path = run_dir / CHECKPOINT
@@ -582,7 +586,8 @@ def export_msldm(run_dir: str | Path, vae: str | Path, name: str, out_dir: str |
     frames = config.get("prior", {}).get("window_frames", 128)
     card = {"kind": "msldm", "stems": state["stems"], "rate": vae_model.rate, "hop": vae_model.hop,
             "latent_dim": vae_model.latent_dim, "window_frames": frames, "window": vae_model.samples_for(frames),
-            "sigma_data": config.get("prior", {}).get("sigma_data", 0.4), "clamp": False, "latent_scale": 1.0,
+            "sigma_data": config.get("prior", {}).get("sigma_data", 0.4), "clamp": False,
+            "latent_scale": config.get("prior", {}).get("latent_scale", 1.0),
             "config": {"name": config.get("name"), "vae": vae_model.config.to_dict(), "unet": state["unet"],
                        "prior": config.get("prior", {})},
             "parameters": {"vae": count_parameters(vae_model), "unet": sum(v.numel() for k, v in tensors.items()
