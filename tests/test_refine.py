@@ -46,7 +46,7 @@ def test_a_warm_start_preset_needs_a_first_estimate():
 
 def test_separator_and_prior_must_agree():
     prior, separator = analytic_prior(), FIRSeparator()
-    prior.card, separator.card = {"rate": 4000}, {"rate": 8000}
+    separator.rate = 8000
     with pytest.raises(ValueError, match="rate"):
         WarmStart(separator, prior)
     separator.stems = ("a", "b", "c", "d")
