@@ -47,7 +47,7 @@ def test_a_warm_start_preset_needs_a_first_estimate():
 def test_separator_and_prior_must_agree():
     prior, separator = analytic_prior(), FIRSeparator()
     separator.rate = 8000
-    with pytest.raises(ValueError, match="rate"):
+    with pytest.raises(ValueError, match="Hz"):
         WarmStart(separator, prior)
     separator.stems = ("a", "b", "c", "d")
     with pytest.raises(ValueError, match="stems"):
