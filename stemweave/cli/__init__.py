@@ -9,7 +9,7 @@ import sys
 from stemweave import __version__
 
 # Each module defines `register(subparsers)`; the order is the order in --help.
-COMMAND_MODULES = ("tasks", "data", "train", "evaluate", "serve", "client", "export", "bench", "latent")
+COMMAND_MODULES = ("tasks", "data", "train", "evaluate", "serve", "client", "export", "bench", "latent", "gmsdi")
 
 
 class UserError(Exception):

