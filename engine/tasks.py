@@ -100,9 +100,7 @@ def separate_dirac(
         d = derivative(prior, constrain(x), sigma)
         return d - d[:, c : c + 1]  # zero for the constrained stem itself
 
-    shape = (y.shape[0], len(prior.stems), y.shape[-1])
-    start = torch.zeros(shape, device=y.device, dtype=y.dtype) if initial is None else initial.to(y)
-    x = start + settings.sigma_max * randn(start)
+    x = _start(prior, y, settings, initial, randn)
     x = sample_euler(
         posterior_derivative,
         x,
@@ -140,9 +138,7 @@ def separate_gaussian(
         residual = y - x.sum(1, keepdim=True)
         return derivative(prior, x, sigma) - sigma * residual / gamma_t**2  # dx/dsigma = -sigma * score
 
-    shape = (y.shape[0], len(prior.stems), y.shape[-1])
-    start = torch.zeros(shape, device=y.device, dtype=y.dtype) if initial is None else initial.to(y)
-    x = start + settings.sigma_max * randn(start)
+    x = _start(prior, y, settings, initial, randn)
     return sample_euler(
         posterior_derivative,
         x,
@@ -152,6 +148,13 @@ def separate_gaussian(
         randn=randn,
         callback=callback,
     )
+
+
+def _start(prior: Prior, y: torch.Tensor, settings: SamplerSettings, initial: torch.Tensor | None, randn) -> torch.Tensor:
+    """x(sigma_max): pure noise, or a first estimate noised to sigma_max (a warm start)."""
+    shape = (y.shape[0], len(prior.stems), y.shape[-1])
+    start = torch.zeros(shape, device=y.device, dtype=y.dtype) if initial is None else initial.to(y)
+    return start + settings.sigma_max * randn(start)
 
 
 def _as_mixture(mixture: torch.Tensor) -> torch.Tensor:
