@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
