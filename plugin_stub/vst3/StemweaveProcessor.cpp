@@ -111,6 +111,13 @@ public:
                 if (auto samples = position->getTimeInSamples()) frame = *samples;
                 rolling = position->getIsPlaying();
             }
+        if (!rolling && isNonRealtime())
+        {
+            // An offline host whose transport does not run (pedalboard, command-line renderers) processes a file
+            // start to end: our own frame count is its timeline.
+            frame = ownFrame;
+            rolling = true;
+        }
         readControls();
 
         const int n = audio.getNumSamples();
