@@ -190,3 +190,19 @@ def test_cli_separates_with_prompts_and_explains_unknown_ones(tmp_path, capsys):
     code = main(["gmsdi", "separate", str(song), "--model", str(tmp_path / "m.json"), "--prompts", "bass", "strings",
                  "--steps", "3", "-o", str(tmp_path / "out2")])
     assert code == 2 and "'strings' is unknown to this model" in capsys.readouterr().err
+
+
+def test_choose_methods_scores_both_on_validation_tracks(tiny_model, tmp_path):
+    import soundfile as sf
+
+    from stemweave.engine.gmsdi.inference import choose_methods
+
+    track = tmp_path / "valid" / "Track1"
+    track.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for stem in LABELS:  # MUSDB-style folder: <stem>.wav
+        sf.write(track / f"{stem}.wav", rng.normal(0, 0.1, 4000 * 5).astype(np.float32), 4000)
+    choice, scores = choose_methods(loaded(tiny_model), list(LABELS), [str(tmp_path / "valid")], tracks=1, seconds=5,
+                                    overrides={"steps": 2})
+    assert set(scores) == {"separator", "extractor"} and set(choice) == set(LABELS)
+    assert all(choice[s] == max(scores, key=lambda m: scores[m][s]) for s in LABELS)

@@ -238,6 +238,31 @@ def run(
     return {p: np.repeat(parts[j][None], channels, 0).astype(np.float32) for j, p in enumerate(prompts)}
 
 
+def choose_methods(model: GMSDIModel, prompts: Sequence[str], valid_roots, *, ensemble: GMSDIPreset | str = "gmsdi-ensemble",
+                   tracks: int | None = 8, seconds: float | None = 12.0, seed: int = 0,
+                   overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """Table 2's ensemble rule on validation data: SI-SDRi per stem of the Separator and the Extractor (MSDM
+    protocol, engine/evaluate.py), and per stem the better one. Returns (choice {prompt: method}, scores)."""
+    from stemweave.engine.evaluate import evaluate_separation, test_tracks
+
+    preset = _with_overrides(load_gmsdi_preset(ensemble) if not isinstance(ensemble, GMSDIPreset) else ensemble,
+                             overrides or {})
+    labels = tuple(prompts)
+    references = test_tracks(valid_roots, model.window, labels, model.rate, tracks=tracks, seconds=seconds)
+    scores = {}
+    for part in preset.parts:
+        separate = _separation(model, list(prompts), None, part, allow_unknown=False)
+        generator = torch.Generator().manual_seed(seed)
+
+        def method(mixtures, _references, separate=separate, generator=generator):
+            y = torch.from_numpy(mixtures).to(model.device)
+            return separate(y, generator, None).detach().cpu().numpy()
+
+        report = evaluate_separation(part.method, method, references, model.window, model.rate, labels)
+        scores[part.method] = report.per_stem
+    return tasks.choose_ensemble(scores), scores
+
+
 def _separate_windows(model, prompts, negatives, preset, signals, overlap, generator, allow_unknown, report) -> np.ndarray:
     """(channels, samples) at the model rate -> (K, channels, samples): each window separated, cross-faded."""
     from stemweave.engine.windows import crossfade, plan_windows

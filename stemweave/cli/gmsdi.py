@@ -51,6 +51,19 @@ def register(subparsers) -> None:
     c.add_argument("--labels", default="bass,drums,guitar,piano")
     c.set_defaults(run=run_captions)
 
+    e = sub.add_parser("choose", help="pick the ensemble's method per stem on validation data (Table 2)",
+                       description="Score the Separator and the Extractor per stem (SI-SDRi, MSDM protocol) on --valid "
+                       "and print an ensemble preset whose [choice] takes the better one per stem.")
+    e.add_argument("--model", required=True)
+    e.add_argument("--valid", action="append", type=Path, required=True)
+    e.add_argument("--prompts", nargs="+", default=["bass", "drums", "guitar", "piano"], help="the dataset's stem labels")
+    e.add_argument("--tracks", type=int, default=8)
+    e.add_argument("--seconds", type=float, default=12.0, help="audio per track")
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", type=Path, default=None, help="write the ensemble preset here (.toml)")
+    e.set_defaults(run=run_choose)
+
     for task in ("separate", "accompany", "generate"):
         s = sub.add_parser(task, help=f"{task} with a GMSDI model and prompts")
         if task == "separate":
@@ -112,6 +125,28 @@ def run_captions(args: argparse.Namespace) -> int:
     labels = tuple(s.strip() for s in args.labels.split(",") if s.strip())
     chunks = StemChunks([str(d) for d in args.data], args.window, stems=labels, seed=7)
     print(json.dumps(caption_statistics(chunks, args.windows, labels), indent=2))
+    return 0
+
+
+def run_choose(args: argparse.Namespace) -> int:
+    from stemweave.engine.gmsdi.inference import GMSDIModel, choose_methods
+
+    try:
+        model = GMSDIModel.load(args.model, args.device)
+        choice, scores = choose_methods(model, args.prompts, [str(v) for v in args.valid], tracks=args.tracks,
+                                        seconds=args.seconds, overrides={"steps": args.steps})
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    lines = ['description = "GMSDI ensemble: per stem the better of Separator and Extractor on ' +
+             ", ".join(map(str, args.valid)) + '"', 'task = "separate"', "", "[gmsdi]", 'method = "ensemble"',
+             'separator = "gmsdi-separate"', 'extractor = "gmsdi-extract"', "", "[choice]"]
+    for stem, method in choice.items():
+        detail = ", ".join(f"{m} {scores[m][stem]:.2f} dB" for m in scores)
+        lines.append(f'"{stem}" = "{method}"  # {detail}')
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text, end="")
     return 0
 
 
