@@ -37,6 +37,7 @@ from torch import nn
 
 from stemweave.engine.checkpoints import atomic_torch_save, save_model
 from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_training_sigma
+from stemweave.engine.metrics import si_sdr
 from stemweave.engine.models import MODEL_DIR, RegressionSeparator
 from stemweave.engine.unet import UNet1d, count_parameters, load_config
 
@@ -138,13 +139,6 @@ class Objective(nn.Module):
         return F.l1_loss(self.separator(mixture), stems)
 
 
-def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SDR in dB over the last axis."""
-    alpha = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps)
-    target = alpha * reference
-    return 10 * torch.log10((target.pow(2).sum(-1) + eps) / ((estimate - target).pow(2).sum(-1) + eps))
-
-
 @torch.no_grad()
 def validate(model: Objective, windows: torch.Tensor, batch: int, device: torch.device, seed: int) -> dict[str, float]:
     """Diffusion: the EDM loss at each fixed sigma of VALID_SIGMAS (fixed noise). Regression: SI-SDR(i) per stem.
@@ -172,8 +166,8 @@ def validate(model: Objective, windows: torch.Tensor, batch: int, device: torch.
             mixture = stems.sum(dim=1, keepdim=True)
             estimate = model.separator(mixture)
             active = stems.pow(2).mean(-1).sqrt() > 1e-4  # score only non-silent reference stems
-            score = si_sdr(estimate, stems)
-            improvement = score - si_sdr(mixture.expand_as(stems), stems)
+            score = torch.from_numpy(si_sdr(estimate.cpu().numpy(), stems.cpu().numpy()))
+            improvement = score - torch.from_numpy(si_sdr(mixture.expand_as(stems).cpu().numpy(), stems.cpu().numpy()))
             for k, name in enumerate(model.stems):
                 sums.setdefault(f"si_sdr/{name}", []).extend(score[active[:, k], k].tolist())
                 sums.setdefault(f"si_sdri/{name}", []).extend(improvement[active[:, k], k].tolist())
