@@ -22,7 +22,7 @@ def prior(monkeypatch):
     """The analytic prior stands in for a shipped model (4 kHz, 256-sample windows)."""
     model = GaussianStemPrior.independent(example_spectra(256, rate=4000.0), STEMS)
     model.rate, model.window, model.card = 4000, 256, {"name": "analytic", "kind": "msdm"}
-    monkeypatch.setattr(api, "load_task_model", lambda name, task, device: (model, name or "analytic"))
+    monkeypatch.setattr(api, "load_task_model", lambda name, task, device, *backend: (model, name or "analytic"))
     return model
 
 
