@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--preset", action="append", default=[], help="separation preset(s) for priors (default separate-fast)")
     parser.add_argument("--refine-from", help="a regression separator whose estimate warm-starts each prior")
     parser.add_argument("--refine-sigmas", default="0.05", help="starting sigmas for warm starts, comma-separated")
-    parser.add_argument("--refine-steps", type=int, default=25, help="sampler steps from the starting sigma")
+    parser.add_argument("--refine-steps", type=int, default=None, help="sampler steps from the starting sigma "
+                        "(default: the refine preset's)")
+    parser.add_argument("--refine-preset", default="refine-fast", help="the warm-start preset (default refine-fast)")
     parser.add_argument("--data", default="data/test", help="test split folder (Slakh-like layout)")
     parser.add_argument("--tracks", type=int, help="score only the first N tracks")
     parser.add_argument("--seconds", type=float, help="score only the first S seconds of each track")
@@ -60,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
         cards = {m: read_card(resolve_model(m)) for m in args.model + ([args.refine_from] if args.refine_from else [])}
         default = "accompany-fast" if args.generation else "separate-fast"
         presets = [load_preset(p) for p in (args.preset or [default])]
+        refine_preset = load_preset(args.refine_preset)
         sigmas = [float(s) for s in args.refine_sigmas.split(",") if s]
     except ValueError as error:
         raise UserError(str(error)) from None
     wanted_task = "accompany" if args.generation else "separate"
+    if not args.generation and (refine_preset.task != "separate" or not refine_preset.options.get("warm_start")):
+        raise UserError(f"--refine-preset {refine_preset.name} does not refine a first estimate: use refine or refine-fast")
+    if any(p.options.get("warm_start") for p in presets):
+        raise UserError("warm-start presets go with --refine-from and --refine-preset, not --preset")
     if any(p.task != wanted_task for p in presets):
         raise UserError(f"evaluate{' --generation' if args.generation else ''} takes {wanted_task} presets only")
     first = next(iter(cards.values()), {"rate": 22050, "window": 32768, "stems": ["bass", "drums", "guitar", "piano"]})
@@ -93,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         for preset in presets:
             methods.append((f"{name} {preset.name}", ev.prior_method(prior, preset, args.seed), preset.sampler.evaluations))
         for sigma in sigmas if refiner else []:
-            preset = presets[0].with_overrides(sigma_max=sigma, steps=args.refine_steps)
-            label = f"{args.refine_from} -> {name} from sigma {sigma:g}, {args.refine_steps} steps"
+            preset = refine_preset.with_overrides(sigma_max=sigma, steps=args.refine_steps)
+            label = f"{args.refine_from} -> {name} {preset.name} from sigma {sigma:g}, {preset.sampler.steps} steps"
             methods.append((label, ev.prior_method(prior, preset, args.seed, first_estimate=refiner), 1 + preset.sampler.evaluations))
 
     reports = []
