@@ -19,6 +19,9 @@ from stemweave.engine.denoiser import EDMDenoiser
 from stemweave.engine.priors import IndependentPrior, JointPrior
 
 MODEL_DIR = Path(__file__).resolve().parent / "models"
+# The shipped defaults (README, "Shipped models"): separation's first answer, and the prior for the rest.
+DEFAULT_SEPARATOR = "separator-cpu-small"
+DEFAULT_PRIOR = "msdm-cpu-small"
 
 
 def list_models(kind: str | None = None) -> list[str]:
