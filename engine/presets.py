@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 from stemweave.engine.sampler import SamplerSettings
 
@@ -42,14 +43,23 @@ def list_presets() -> list[str]:
 
 def load_preset(name_or_path: str | Path) -> Preset:
     """A shipped preset by name (e.g. 'separate-dirac') or a .toml file by path."""
+    name, data, sampler, _ = read_preset(name_or_path, list_presets)
+    options = dict(data.get("options", {}))
+    _check_options(name, data["task"], options)
+    return Preset(name=name, task=data["task"], description=data.get("description", ""), sampler=sampler, options=options)
+
+
+def read_preset(name_or_path: str | Path, known: Callable[[], list[str]]) -> tuple[str, dict, SamplerSettings, Path | None]:
+    """(name, TOML data, sampler settings, folder of a preset file or None) with the task and [sampler] checked;
+    the one reader behind MSDM's and GMSDI's presets. `known` lists the names offered when one is unknown."""
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
-        text, name = path.read_text(), path.stem
+        text, name, folder = path.read_text(), path.stem, path.parent
     else:
         resource = resources.files("stemweave.presets") / f"{name_or_path}.toml"
         if not resource.is_file():
-            raise ValueError(f"unknown preset {str(name_or_path)!r}: choose one of {', '.join(list_presets())} or give a .toml file")
-        text, name = resource.read_text(), str(name_or_path)
+            raise ValueError(f"unknown preset {str(name_or_path)!r}: choose one of {', '.join(known())} or give a .toml file")
+        text, name, folder = resource.read_text(), str(name_or_path), None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -61,9 +71,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         sampler = SamplerSettings(**data.get("sampler", {}))
     except TypeError as error:
         raise ValueError(f"preset {name!r}: bad [sampler] table: {error}") from None
-    options = dict(data.get("options", {}))
-    _check_options(name, task, options)
-    return Preset(name=name, task=task, description=data.get("description", ""), sampler=sampler, options=options)
+    return name, data, sampler, folder
 
 
 def _check_options(name: str, task: str, options: dict) -> None:

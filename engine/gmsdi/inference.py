@@ -24,7 +24,6 @@ ensemble preset names its two presets and, in [choice], the method per label.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -35,9 +34,9 @@ import torch
 
 from stemweave.engine.gmsdi import tasks
 from stemweave.engine.gmsdi.prior import Prompt, TextPrior
+from stemweave.engine.presets import TASKS, read_preset
 from stemweave.engine.sampler import SamplerSettings
 
-TASKS = ("separate", "accompany", "generate")
 SEPARATION_METHODS = ("separator", "extractor", "ensemble")
 GMSDI_KEYS = {"method": str, "guidance": float, "constrained": str, "gamma_x": float, "gamma_y": float, "alpha": float,
               "beta": float, "separator": str, "extractor": str}
@@ -72,26 +71,8 @@ def list_gmsdi_presets() -> list[str]:
 
 def load_gmsdi_preset(name_or_path: str | Path) -> GMSDIPreset:
     """A shipped GMSDI preset by name ('gmsdi-separate') or a .toml file by path."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
-        text, name, folder = path.read_text(), path.stem, path.parent
-    else:
-        resource = resources.files("stemweave.presets") / f"{name_or_path}.toml"
-        if not resource.is_file():
-            raise ValueError(f"unknown GMSDI preset {str(name_or_path)!r}: choose one of {', '.join(list_gmsdi_presets())} "
-                             "or give a .toml file")
-        text, name, folder = resource.read_text(), str(name_or_path), None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"preset {name!r} is not valid TOML: {error}") from None
-    task = data.get("task")
-    if task not in TASKS:
-        raise ValueError(f"preset {name!r}: 'task' must be one of {', '.join(TASKS)}, got {task!r}")
-    try:
-        sampler = SamplerSettings(**data.get("sampler", {}))
-    except TypeError as error:
-        raise ValueError(f"preset {name!r}: bad [sampler] table: {error}") from None
+    name, data, sampler, folder = read_preset(name_or_path, list_gmsdi_presets)
+    task = data["task"]
     options = dict(data.get("gmsdi", {}))
     for key, value in options.items():
         kind = GMSDI_KEYS.get(key)
