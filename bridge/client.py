@@ -24,7 +24,6 @@ import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import zmq

@@ -28,7 +28,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

@@ -23,7 +23,6 @@ by name from the sets the server was configured with.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import signal
 import sys
 import threading

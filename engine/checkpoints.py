@@ -51,7 +51,6 @@ raises a ValueError that says how many keys were missing and unexpected.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stemweave.bridge import osc
-from stemweave.bridge.loop import LoopEngine, LoopSettings, Presets
+from stemweave.bridge.loop import LoopEngine, Presets
 
 STEMS = ("bass", "drums", "guitar", "piano")
 RATE = 8000

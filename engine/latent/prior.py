@@ -31,7 +31,6 @@ domain, so they come back sample-exact.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
