@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -177,6 +177,36 @@ def validate(model: Objective, windows: torch.Tensor, batch: int, device: torch.
         results["si_sdri"] = sum(stems_i) / len(stems_i) if stems_i else float("nan")
     model.train()
     return results
+
+
+class StepLog:
+    """Averages loss terms over the steps since the last report; a report writes one metrics.jsonl line, the
+    progress bar's postfix and, without a bar, a log line. One home for every training loop's logging."""
+
+    def __init__(self, metrics, bar, log: Callable[[str], None], quiet: bool):
+        self.metrics, self.bar, self.log, self.quiet = metrics, bar, log, quiet
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started, self.steps, self.terms = time.time(), 0, {}
+
+    def add(self, **terms: float) -> None:
+        self.steps += 1
+        for key, value in terms.items():
+            self.terms[key] = self.terms.get(key, 0.0) + float(value)
+
+    def report(self, step: int, **extra: float) -> dict:
+        rate = self.steps / max(time.time() - self.started, 1e-9)
+        means = {key: total / max(self.steps, 1) for key, total in self.terms.items()}
+        record = {"step": step, **means, **extra, "steps_per_s": rate, "time": time.time()}
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        self.bar.set_postfix(**{k: f"{v:.4f}" for k, v in means.items()}, steps_s=f"{rate:.2f}")
+        if self.quiet:
+            self.log(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                     + f" {rate:.2f} steps/s ({rate * 3600:.0f}/h)")
+        self._reset()
+        return record
 
 
 class EMA:
@@ -363,10 +393,10 @@ def train(
     last_loss = float("nan")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
     bar = _progress(settings, step, enabled=rank == 0)
-    window_start, window_steps, window_loss = time.time(), 0, 0.0
     last_save = time.time()
     model.train()
     with StopRequested() as stop, open(metrics_file if rank == 0 else os.devnull, "a") as metrics:
+        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
         try:
             while step < settings.steps and not _stop_agreed(stop.requested, world, device):
                 t0 = time.time()
@@ -381,19 +411,10 @@ def train(
                 step += 1
                 history_seconds += time.time() - t0
                 last_loss = loss.item()
-                window_steps += 1
-                window_loss += last_loss
+                steps_log.add(loss=last_loss)
                 bar.update(1)
                 if step % settings.log_every == 0 or step == settings.steps:
-                    rate = window_steps / max(time.time() - window_start, 1e-9)
-                    record = {"step": step, "loss": window_loss / window_steps, "grad_norm": float(grad_norm),
-                              "steps_per_s": rate, "time": time.time()}
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{rate:.2f}")
-                    if not settings.progress:
-                        log(f"step {step} loss {record['loss']:.4f} {rate:.2f} steps/s ({rate * 3600:.0f}/h)")
-                    window_start, window_steps, window_loss = time.time(), 0, 0.0
+                    steps_log.report(step, grad_norm=float(grad_norm))
                 if valid_windows is not None and (step % hp["valid_every"] == 0 or step == settings.steps):
                     last_validation = validate(ema.module, valid_windows, hp["batch"], device, settings.seed)
                     metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")

@@ -43,7 +43,7 @@ from stemweave.engine.checkpoints import CARD_FORMAT, atomic_torch_save, atomic_
 from stemweave.engine.denoiser import edm_loss, sample_training_sigma
 from stemweave.engine.gmsdi.model import TextDenoiser, TextUNet1d, text_unet_config
 from stemweave.engine.gmsdi.text import DEFAULT_ENCODER, TextEncoder, caption
-from stemweave.engine.train import EMA, VALID_SIGMAS, StopRequested, _infinite, _progress, pick_device
+from stemweave.engine.train import EMA, VALID_SIGMAS, StepLog, StopRequested, _infinite, _progress, pick_device
 from stemweave.engine.unet import count_parameters, load_config
 
 LABELS = ("bass", "drums", "guitar", "piano")
@@ -260,9 +260,10 @@ def train_gmsdi(settings: GMSDISettings, dataset: Iterable | None = None, valid_
                            "last_validation": last_validation}, checkpoint_path)
 
     bar = _progress(settings, step)
-    window_start, window_steps, window_loss, last_loss, last_save = time.time(), 0, 0.0, float("nan"), time.time()
+    last_loss, last_save = float("nan"), time.time()
     model.train()
     with StopRequested() as stop, open(run_dir / "metrics.jsonl", "a") as metrics:
+        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
         try:
             while step < settings.steps and not stop.requested:
                 t0 = time.time()
@@ -277,18 +278,10 @@ def train_gmsdi(settings: GMSDISettings, dataset: Iterable | None = None, valid_
                 step += 1
                 seconds += time.time() - t0
                 last_loss = loss.item()
-                window_steps, window_loss = window_steps + 1, window_loss + last_loss
+                steps_log.add(loss=last_loss)
                 bar.update(1)
                 if step % settings.log_every == 0 or step == settings.steps:
-                    rate = window_steps / max(time.time() - window_start, 1e-9)
-                    record = {"step": step, "loss": window_loss / window_steps, "grad_norm": float(grad_norm),
-                              "steps_per_s": rate, "time": time.time()}
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{rate:.2f}")
-                    if not settings.progress:
-                        log(f"step {step} loss {record['loss']:.4f} {rate:.2f} steps/s ({rate * 3600:.0f}/h)")
-                    window_start, window_steps, window_loss = time.time(), 0, 0.0
+                    steps_log.report(step, grad_norm=float(grad_norm))
                 if valid is not None and (step % hp["valid_every"] == 0 or step == settings.steps):
                     ema.module.eval()
                     last_validation = ema.module.validate(*valid, hp["batch"], settings.seed)

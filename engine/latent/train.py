@@ -42,7 +42,7 @@ from stemweave.engine.latent.vae import (
 )
 from stemweave.engine.metrics import SILENCE_THRESHOLD, si_sdr
 from stemweave.engine.models import MODEL_DIR, resolve_model
-from stemweave.engine.train import EMA, CHECKPOINT, StopRequested, _infinite, _progress, pick_device
+from stemweave.engine.train import EMA, CHECKPOINT, StepLog, StopRequested, _infinite, _progress, pick_device
 from stemweave.engine.unet import UNet1d, count_parameters
 
 STEMS = ("bass", "drums", "guitar", "piano")
@@ -263,11 +263,11 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
     run_dir.mkdir(parents=True, exist_ok=True)
     last_validation: dict[str, float] = {}
     first_loss = last_loss = float("nan")
-    window_start, window_steps, window_terms = time.time(), 0, {}
     last_save = time.time()
     bar = _progress(settings, step)
     vae.train()
     with StopRequested() as stop, open(run_dir / "metrics.jsonl", "a") as metrics:
+        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
         try:
             while step < settings.steps and not stop.requested:
                 t0 = time.time()
@@ -291,20 +291,11 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
                 seconds += time.time() - t0
                 last_loss = float(total.detach())
                 first_loss = last_loss if math.isnan(first_loss) else first_loss
-                window_steps += 1
-                for key, value in {"loss": total.detach(), **terms}.items():
-                    window_terms[key] = window_terms.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+                steps_log.add(**{key: float(value.detach() if torch.is_tensor(value) else value)
+                                 for key, value in {"loss": total.detach(), **terms}.items()})
                 bar.update(1)
                 if step % settings.log_every == 0 or step == settings.steps:
-                    rate = window_steps / max(time.time() - window_start, 1e-9)
-                    record = {"step": step, **{k: v / window_steps for k, v in window_terms.items()},
-                              "steps_per_s": rate, "time": time.time()}
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    if not settings.progress:
-                        log(f"step {step} " + " ".join(f"{k} {v / window_steps:.4f}" for k, v in window_terms.items())
-                            + f" {rate * 3600:.0f} steps/h")
-                    window_start, window_steps, window_terms = time.time(), 0, {}
+                    steps_log.report(step)
                 if valid_windows is not None and (step % settings.valid_every == 0 or step == settings.steps):
                     last_validation = validate_vae(vae, valid_windows, settings.stems, losses)
                     metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")
@@ -524,11 +515,11 @@ def train_prior(settings: PriorTrainSettings, dataset=None, valid_windows: torch
     run_dir.mkdir(parents=True, exist_ok=True)
     last_validation: dict[str, float] = {}
     first_loss = last_loss = float("nan")
-    window_start, window_steps, window_loss = time.time(), 0, 0.0
     last_save = time.time()
     bar = _progress(settings, step)
     denoiser.train()
     with StopRequested() as stop, open(run_dir / "metrics.jsonl", "a") as metrics:
+        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
         try:
             while step < settings.steps and not stop.requested:
                 t0 = time.time()
@@ -545,16 +536,10 @@ def train_prior(settings: PriorTrainSettings, dataset=None, valid_windows: torch
                 seconds += time.time() - t0
                 last_loss = loss.item()
                 first_loss = last_loss if math.isnan(first_loss) else first_loss
-                window_steps, window_loss = window_steps + 1, window_loss + last_loss
+                steps_log.add(loss=last_loss)
                 bar.update(1)
                 if step % settings.log_every == 0 or step == settings.steps:
-                    rate = window_steps / max(time.time() - window_start, 1e-9)
-                    metrics.write(json.dumps({"step": step, "loss": window_loss / window_steps, "steps_per_s": rate,
-                                              "time": time.time()}) + "\n")
-                    metrics.flush()
-                    if not settings.progress:
-                        log(f"step {step} loss {window_loss / window_steps:.4f} {rate * 3600:.0f} steps/h")
-                    window_start, window_steps, window_loss = time.time(), 0, 0.0
+                    steps_log.report(step)
                 if valid_windows is not None and (step % settings.valid_every == 0 or step == settings.steps):
                     last_validation = validate_prior(ema.module, valid_windows.to(device), settings.seed)
                     metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")
