@@ -6,7 +6,7 @@ the loop engine's QueueBackend submitting at interactive priority, `run_region` 
 of inpainted windows, then the wrap window). Not a test.
 
     python benchmarks/loop.py                        # the shipped default prior, else an untrained stand-in
-    python benchmarks/loop.py --bars 4 --tempo 120 --preset accompany-fast --source generate --json out.json
+    python benchmarks/loop.py --bars 4 --tempo 120 --preset loop --source generate --json out.json
 
 With no shipped prior the model is a randomly initialised msdm U-Net of the default config (cpu-small):
 the same shape and cost as a trained one, labelled "untrained ... (timing only)".
@@ -44,7 +44,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bars", type=int, default=4)
     parser.add_argument("--tempo", type=float, default=120.0)
-    parser.add_argument("--preset", default="accompany-fast")
+    parser.add_argument("--preset", default="loop")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's sampler steps")
     parser.add_argument("--source", choices=("generate", "input"), default="generate")
     parser.add_argument("--rate", type=int, default=48000)

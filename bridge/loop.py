@@ -363,13 +363,15 @@ def open_midi_clock(port: str, clock: MidiClock, backend: str | None = None):
 
 
 def sampler_params_for(task: str, preset) -> tuple[str, dict]:
-    """(the preset to name in a `task` job, sampler overrides) for a Preset: a preset made for another task lends
-    its sampler settings to the task's default preset (e.g. accompany-fast's 64 steps for a generated loop)."""
+    """(the preset to name in a `task` job, sampler overrides) for a Preset. A shipped preset of the job's task
+    is named as it is; any other (another task's, e.g. the `loop` preset for a generated loop, or one from a
+    presets folder the server does not know) lends its sampler settings to the task's default preset."""
     from dataclasses import asdict
 
     from stemweave.api import DEFAULT_PRESETS  # the same defaults the server uses
+    from stemweave.engine.presets import list_presets
 
-    if preset.task == task:
+    if preset.task == task and preset.name in list_presets():
         return preset.name, {}
     return DEFAULT_PRESETS[task], dict(asdict(preset.sampler))
 
@@ -523,7 +525,7 @@ class LoopSettings:
     bars: int = 4
     stems: tuple[str, ...] = ()  # empty: every stem of the model
     source: str = "generate"
-    preset: str = "accompany-fast"
+    preset: str = "loop"  # presets/loop.toml: made in time for the bar swap on 2 CPU cores
     tempo_source: str = "osc"  # osc | midi
 
 

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from stemweave.bridge.loop import LocalBackend, LoopEngine, LoopSettings, Presets, accompaniment_loop, \
-    bar_frames, generated_loop
+    bar_frames, generated_loop, sampler_params_for
 from stemweave.engine.analytic import GaussianStemPrior, example_spectra
 
 STEMS = ("bass", "drums", "guitar", "piano")
@@ -35,6 +35,18 @@ def tiny_prior(name="tiny", device="cpu"):
 def presets(tmp_path):
     (tmp_path / "loop-test.toml").write_text(TEST_PRESET)
     return Presets(tmp_path)
+
+
+def test_loop_presets_reach_the_server_as_names_it_knows_or_as_sampler_settings(presets):
+    """A shipped preset of the job's task goes by name; the loop preset on a generate job, or a preset from a
+    folder the server has never seen, goes as the task's default preset plus its own sampler settings."""
+    shipped = Presets().load("loop")
+    assert sampler_params_for("accompany", shipped) == ("loop", {})
+    name, overrides = sampler_params_for("generate", shipped)
+    assert name == "generate" and overrides["steps"] == shipped.sampler.steps == 24
+    name, overrides = sampler_params_for("accompany", presets.load("loop-test"))
+    assert name == "accompany-fast" and overrides["steps"] == 6 and overrides["sigma_max"] == 10.0
+    assert LoopSettings().preset == "loop"
 
 
 def wrap_step(x):
