@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from stemweave.engine.priors import Prior, derivative
-from stemweave.engine.sampler import Callback, SamplerSettings, sample_euler, seeded_randn
+from stemweave.engine.sampler import Callback, SamplerSettings, run_sampler, seeded_randn
 
 
 def generate(
@@ -26,15 +26,7 @@ def generate(
     """Total generation (Sec. 4.2.1): integrate Eq. 3 with the prior score of Eq. 4. Returns (batch, K, length)."""
     randn = seeded_randn(generator)
     x = settings.sigma_max * randn(torch.empty(batch, len(prior.stems), length, device=device))
-    return sample_euler(
-        lambda x, sigma: derivative(prior, x, sigma),
-        x,
-        settings.sigmas(),
-        s_churn=settings.s_churn,
-        resamples=settings.resamples,
-        randn=randn,
-        callback=callback,
-    )
+    return run_sampler(settings, lambda x, sigma: derivative(prior, x, sigma), x, randn=randn, callback=callback)
 
 
 def accompany(
@@ -60,15 +52,7 @@ def accompany(
         return torch.where(known_mask, known + sigma * randn(known), x)
 
     x = settings.sigma_max * randn(known)
-    x = sample_euler(
-        lambda x, sigma: derivative(prior, with_known(x, sigma), sigma),
-        x,
-        settings.sigmas(),
-        s_churn=settings.s_churn,
-        resamples=settings.resamples,
-        randn=randn,
-        callback=callback,
-    )
+    x = run_sampler(settings, lambda x, sigma: derivative(prior, with_known(x, sigma), sigma), x, randn=randn, callback=callback)
     return torch.where(known_mask, known, x)
 
 
@@ -101,15 +85,7 @@ def separate_dirac(
         return d - d[:, c : c + 1]  # zero for the constrained stem itself
 
     x = _start(prior, y, settings, initial, randn)
-    x = sample_euler(
-        posterior_derivative,
-        x,
-        settings.sigmas(),
-        s_churn=settings.s_churn,
-        resamples=settings.resamples,
-        randn=randn,
-        callback=callback,
-    )
+    x = run_sampler(settings, posterior_derivative, x, randn=randn, callback=callback)
     return constrain(x)
 
 
@@ -139,15 +115,7 @@ def separate_gaussian(
         return derivative(prior, x, sigma) - sigma * residual / gamma_t**2  # dx/dsigma = -sigma * score
 
     x = _start(prior, y, settings, initial, randn)
-    return sample_euler(
-        posterior_derivative,
-        x,
-        settings.sigmas(),
-        s_churn=settings.s_churn,
-        resamples=settings.resamples,
-        randn=randn,
-        callback=callback,
-    )
+    return run_sampler(settings, posterior_derivative, x, randn=randn, callback=callback)
 
 
 def _start(prior: Prior, y: torch.Tensor, settings: SamplerSettings, initial: torch.Tensor | None, randn) -> torch.Tensor:

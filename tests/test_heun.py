@@ -2,11 +2,11 @@
 
 import math
 
+import pytest
 import torch
 
-from stemweave.engine.heun import heun_evaluations, heun_steps_for, sample_heun
 from stemweave.engine.priors import derivative
-from stemweave.engine.sampler import karras_sigmas, sample_euler
+from stemweave.engine.sampler import heun_evaluations, heun_steps_for, karras_sigmas, sample_euler, sample_heun
 
 
 def test_one_step_matches_hand_computation():
@@ -55,3 +55,22 @@ def test_resamples_and_callback_count():
     out = sample_heun(lambda x, s: calls.append(s) or x * 0, torch.zeros(3), karras_sigmas(4, 1e-3, 1.0),
                       resamples=2, callback=lambda state: steps.append(state["step"]))
     assert len(calls) == heun_evaluations(4, 2) == 21 and steps == [1, 2, 3, 4] and out.shape == (3,)
+
+
+def test_a_preset_chooses_heun_and_its_evaluation_count_is_what_the_tasks_spend(independent_prior, tmp_path):
+    from stemweave.engine import tasks
+    from stemweave.engine.presets import load_preset
+
+    (tmp_path / "heun.toml").write_text('task = "separate"\n[sampler]\nsteps = 5\nsigma_max = 1.0\nmethod = "heun"\n'
+                                        'resamples = 1\n[options]\nlikelihood = "dirac"\n')
+    preset = load_preset(tmp_path / "heun.toml")
+    calls = []
+    denoise = independent_prior.denoise
+    independent_prior.denoise = lambda x, s: calls.append(s) or denoise(x, s)
+    mixture = torch.randn(1, independent_prior.length, dtype=torch.float64)
+    stems = tasks.separate(independent_prior, mixture, preset, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == preset.sampler.evaluations == heun_evaluations(5, 1) == 18
+    assert torch.allclose(stems.sum(1), mixture)
+    (tmp_path / "bad.toml").write_text('task = "separate"\n[sampler]\nmethod = "rk4"\n')
+    with pytest.raises(ValueError, match="method must be one of euler, heun"):
+        load_preset(tmp_path / "bad.toml")

@@ -20,7 +20,7 @@ import torch
 
 from stemweave.engine.gmsdi.prior import Prompt, TextPrior, derivative_prompted
 from stemweave.engine.priors import derivative
-from stemweave.engine.sampler import Callback, SamplerSettings, sample_euler, seeded_randn
+from stemweave.engine.sampler import Callback, SamplerSettings, run_sampler, seeded_randn
 from stemweave.engine.tasks import _as_mixture, _stem_index
 
 METHODS = ("separator", "extractor")
@@ -127,8 +127,7 @@ def accompany(
         return torch.where(torch.cat([mask, torch.zeros_like(mask[:, :1])], 1), torch.zeros_like(d), d)
 
     state = settings.sigma_max * randn(torch.empty(b, k + 1, t, device=known.device, dtype=known.dtype))
-    state = sample_euler(parallel_derivative, state, settings.sigmas(), s_churn=settings.s_churn,
-                         resamples=settings.resamples, randn=randn, callback=callback)
+    state = run_sampler(settings, parallel_derivative, state, randn=randn, callback=callback)
     stems = torch.where(mask, known, state[:, :k])
     return (stems, state[:, k:]) if with_mixture else stems
 
@@ -165,8 +164,7 @@ def separate(
     shape = (y.shape[0], len(prior.stems), y.shape[-1])
     start = torch.zeros(shape, device=y.device, dtype=y.dtype) if initial is None else initial.to(y)
     x = start + settings.sigma_max * randn(start)
-    x = sample_euler(separator_derivative, x, settings.sigmas(), s_churn=settings.s_churn,
-                     resamples=settings.resamples, randn=randn, callback=callback)
+    x = run_sampler(settings, separator_derivative, x, randn=randn, callback=callback)
     return constrain(x)
 
 

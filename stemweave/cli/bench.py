@@ -375,33 +375,28 @@ def compare_samplers(prior, mixtures, references, evaluations, *, s_churn: float
     """Mean SI-SDRi (dB, non-silent stems) of Dirac separation with Euler and with Heun at equal evaluations.
 
     mixtures (N, T) and references (N, K, T) as arrays. No correction steps (R = 0): Euler takes n steps,
-    Heun the most steps that fit n evaluations (2 per step, 1 for the last). tasks.separate_dirac always
-    calls `sample_euler`; Heun is swapped in for the duration of the call.
+    Heun the most steps that fit n evaluations (2 per step, 1 for the last).
     """
-    from unittest import mock
-
     import torch
 
     from stemweave.engine import tasks
-    from stemweave.engine.heun import heun_evaluations, heun_steps_for, sample_heun
     from stemweave.engine.metrics import is_silent, si_sdr_improvement
-    from stemweave.engine.sampler import SamplerSettings
+    from stemweave.engine.sampler import SamplerSettings, heun_steps_for
 
     rows = []
     mixture = torch.as_tensor(mixtures, dtype=torch.float32)
     for n in evaluations:
-        for name, steps, sampler, cost in (("euler", n, tasks.sample_euler, n),
-                                          ("heun", heun_steps_for(n), sample_heun, heun_evaluations(heun_steps_for(n)))):
-            settings = SamplerSettings(steps=steps, sigma_min=sigma_min, sigma_max=sigma_max, s_churn=s_churn)
+        for method, steps in (("euler", n), ("heun", heun_steps_for(n))):
+            settings = SamplerSettings(steps=steps, sigma_min=sigma_min, sigma_max=sigma_max, s_churn=s_churn,
+                                       method=method)
             start = time.perf_counter()
-            with mock.patch.object(tasks, "sample_euler", sampler):
-                stems = tasks.separate_dirac(prior, mixture, settings, constrained=constrained,
-                                             generator=torch.Generator().manual_seed(seed))
+            stems = tasks.separate_dirac(prior, mixture, settings, constrained=constrained,
+                                         generator=torch.Generator().manual_seed(seed))
             wall = time.perf_counter() - start
             estimate = stems.double().numpy()
             scores = si_sdr_improvement(estimate, references, np.asarray(mixtures)[:, None])
             keep = ~is_silent(references)
-            rows.append({"sampler": name, "budget": n, "evaluations": cost, "steps": steps,
+            rows.append({"sampler": method, "budget": n, "evaluations": settings.evaluations, "steps": steps,
                          "si_sdri_db": round(float(scores[keep].mean()), 2),
                          "per_stem_db": [round(float(scores[:, k][keep[:, k]].mean()), 2) if keep[:, k].any() else None
                                          for k in range(references.shape[1])],
