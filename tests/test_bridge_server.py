@@ -211,6 +211,7 @@ def test_requests_the_server_cannot_run_get_clear_errors(client):
         (dict(model="toy", preset="accompany"), "bad-request"),  # a preset for another task
         (dict(model="toy", warp=3), "bad-request"),  # unknown parameter
         (dict(model="toy", steps="many"), "bad-request"),
+        (dict(model="toy", method="rk4"), "bad-request"),  # not a sampler the engine has
         (dict(model="toy", stems=["kazoo"]), "bad-request"),  # run_region refuses it: the job fails cleanly
         (dict(model="broken"), "failed"),  # a job that raises
     ]
@@ -227,6 +228,7 @@ def test_requests_the_server_cannot_run_get_clear_errors(client):
     assert caught.value.code == "unknown-job"
     assert "toy@cpu" in client.unload() and client.hello()["models_loaded"] == []  # explicit unload
     assert client.separate(audio, RATE, model="toy", preset="separate-fast", **FAST)  # loads it again
+    assert client.separate(audio, RATE, model="toy", preset="separate-fast", **{**FAST, "method": "heun"})
     assert client.hello()["models_loaded"] == ["toy@cpu"]
 
 
