@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -99,21 +100,28 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, rate: int, format: s
         audio = audio[None]
     if subtype != "FLOAT":
         audio = np.clip(audio, -1.0, 1.0)
-    return _atomic(path, lambda tmp: sf.write(tmp, audio.T, int(rate), subtype=subtype, format=format.upper()))
+    return atomic_write(path, lambda tmp: sf.write(tmp, audio.T, int(rate), subtype=subtype, format=format.upper()))
 
 
 def write_json(path: str | os.PathLike, data) -> Path:
     """Write `data` as indented JSON atomically."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Run `write(tmp)` on a temporary file in path's folder, then rename it over `path` (atomic on POSIX): a
+    reader never sees half a file, and an interrupted write leaves the old one. The file gets the usual
+    permissions (mkstemp makes 0600)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        write(tmp)
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -52,9 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +62,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from stemweave.engine.audio_io import atomic_write
 from stemweave.engine.unet import UNet1d, load_config
 
 CARD_FORMAT = 1
@@ -117,25 +116,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp)` on a temporary file in path's folder, then rename it over `path` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is ordinary package data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write_bytes(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def save_model(
@@ -176,7 +158,7 @@ def save_model(
     first = next(iter(nets.values()))
     unet = first.config.to_dict() if isinstance(first, UNet1d) else dict(config.get("unet", {}))
     weights_path, card_path = _paths(dir_or_path, name)
-    atomic_write_bytes(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "name": name}))
+    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "name": name}))
     card = {
         "format": CARD_FORMAT,
         "name": name,
@@ -197,7 +179,7 @@ def save_model(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     text = json.dumps(card, indent=2) + "\n"
-    atomic_write_bytes(card_path, lambda tmp: tmp.write_text(text))
+    atomic_write(card_path, lambda tmp: tmp.write_text(text))
     return weights_path, card_path
 
 

@@ -100,3 +100,13 @@ def test_output_dir_checks_without_writing(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(AudioError, match="not writable"):
             check_output_dir(locked)
+
+
+def test_written_files_get_the_usual_permissions_not_the_temporary_files(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        wav = write_audio(tmp_path / "stem.wav", np.zeros((1, 100), np.float32), 8000)
+        card = write_json(tmp_path / "card.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (os.stat(wav).st_mode & 0o777) == (os.stat(card).st_mode & 0o777) == 0o644

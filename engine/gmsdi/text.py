@@ -143,12 +143,12 @@ def write_cache(path: Path, encoder: str, cache: dict[str, torch.Tensor]) -> Non
 
     from safetensors.torch import save_file
 
-    from stemweave.engine.checkpoints import atomic_write_bytes
+    from stemweave.engine.audio_io import atomic_write
 
     prompts = sorted(cache)
     tensors = {"embeddings": torch.stack([cache[p] for p in prompts]).contiguous()} if prompts else {}
     metadata = {"encoder": encoder, "prompts": json.dumps(prompts)}
-    atomic_write_bytes(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def read_cache(path: Path, encoder: str | None = None) -> dict[str, torch.Tensor]:

@@ -39,7 +39,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from stemweave.engine.checkpoints import CARD_FORMAT, atomic_torch_save, atomic_write_bytes
+from stemweave.engine.audio_io import atomic_write
+from stemweave.engine.checkpoints import CARD_FORMAT, atomic_torch_save
 from stemweave.engine.denoiser import edm_loss, sample_training_sigma
 from stemweave.engine.gmsdi.model import TextDenoiser, TextUNet1d, text_unet_config
 from stemweave.engine.gmsdi.text import DEFAULT_ENCODER, TextEncoder, caption
@@ -326,10 +327,10 @@ def export_gmsdi(run_dir: str | Path, name: str, out_dir: str | Path) -> tuple[P
     tensors = {k[len("net."):]: v.contiguous() for k, v in state["ema"].items() if k.startswith("net.")}
     out_dir = Path(out_dir)
     weights_path, card_path = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
-    atomic_write_bytes(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "name": name}))
+    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "name": name}))
     cache = Path(run_dir) / TEXT_CACHE
     if cache.exists():
-        atomic_write_bytes(out_dir / f"{name}.text.safetensors", lambda tmp: tmp.write_bytes(cache.read_bytes()))
+        atomic_write(out_dir / f"{name}.text.safetensors", lambda tmp: tmp.write_bytes(cache.read_bytes()))
     card = {
         "format": CARD_FORMAT, "name": name, "kind": "gmsdi", "stems": list(saved["labels"]),
         "rate": int(config["rate"]), "window": int(config["window"]), "sigma_data": float(config.get("sigma_data", 0.2)),
@@ -346,7 +347,7 @@ def export_gmsdi(run_dir: str | Path, name: str, out_dir: str | Path) -> tuple[P
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     text = json.dumps(card, indent=2) + "\n"
-    atomic_write_bytes(card_path, lambda tmp: tmp.write_text(text))
+    atomic_write(card_path, lambda tmp: tmp.write_text(text))
     return weights_path, card_path
 
 

@@ -33,7 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset, get_worker_info
 
-from stemweave.engine.checkpoints import _sha256, atomic_torch_save, atomic_write_bytes
+from stemweave.engine.audio_io import atomic_write
+from stemweave.engine.checkpoints import _sha256, atomic_torch_save
 from stemweave.engine.denoiser import EDMDenoiser
 from stemweave.engine.latent.prior import LatentPrior, latent_edm_loss, sample_training_sigma
 from stemweave.engine.latent.vae import (
@@ -61,12 +62,12 @@ def _write_model_file(out_dir: str | Path, name: str, tensors: dict[str, torch.T
     weights_path, card_path = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
     dtype = torch.float16 if fp16 else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(weights_path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp)))
     card = {"format": CARD_FORMAT, "name": name, **card, "dtype": "float16" if fp16 else "float32",
             "weights": weights_path.name, "sha256": _sha256(weights_path),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     text = json.dumps(card, indent=2) + "\n"
-    atomic_write_bytes(card_path, lambda tmp: tmp.write_text(text))
+    atomic_write(card_path, lambda tmp: tmp.write_text(text))
     return weights_path, card_path
 
 
