@@ -702,6 +702,22 @@ class LoopEngine:
     def known_stems(self) -> tuple[str, ...] | None:
         return self.model_stems
 
+    def newest_loop(self) -> tuple[Loop, tuple[float, ...]] | None:
+        """The newest finished loop (the pending one while it waits for its bar, else the one playing) and the gain
+        target of each of its stems, or None before the first loop. Any thread; reads one reference each."""
+        player = self.player
+        current, pending = player.current, player._pending
+        loop = pending if pending is not None and (current is None or pending.serial > current.serial) else current
+        if loop is None:
+            return None
+        return loop, tuple(float(player._target[slot]) for slot in loop.slots)
+
+    @staticmethod
+    def mix(loop: Loop, gains: tuple[float, ...]) -> np.ndarray:
+        """The loop's stems summed at `gains`: (channels, frames) float32, C-contiguous."""
+        mixed = np.tensordot(np.asarray(gains, np.float32), loop.data, axes=1)  # (frames, channels)
+        return np.ascontiguousarray(mixed.T, dtype=np.float32)
+
     def _slot(self, stem: str) -> int:
         if stem not in self._slots:
             if len(self._slots) >= MAX_SLOTS:

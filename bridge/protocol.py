@@ -61,6 +61,7 @@ ERROR_CODES = {
     "cancelled": "the job was cancelled",
     "failed": "the job raised an error while running",
     "shutdown": "the server is shutting down: the job was cancelled",
+    "no-loop": "the server runs no live loop engine (start it with `stemweave serve --osc-port N`)",
 }
 
 
@@ -412,8 +413,92 @@ class Unload(Message):
         return cls(req=head.get("req"), model=_opt_name(head, "model"), unloaded=_opt_list(head, "unloaded"))
 
 
+LOOP_TEMPO_RANGE = (20.0, 300.0)  # BPM: the loop engine's range (bridge/loop.py)
+LOOP_MAX_BARS = 64
+LOOP_MAX_BEATS_PER_BAR = 64
+
+
+@dataclass(kw_only=True)
+class Loop(Message):
+    """Client -> server: send the live loop (`stemweave serve --osc-port`) unless I already hold version `since`.
+    Server -> client: the newest finished loop (`serial` 0: none yet) and, when `audio` is true, its mix as one
+    frame of channels x frames float32le (channel-major). `version` changes whenever that mix does (a new loop, or
+    new gains); a reply to a request whose `since` equals it carries no audio."""
+
+    TYPE: ClassVar[str] = "loop"
+    AUDIO: ClassVar[bool] = True
+    since: int | None = None  # request only
+    serial: int | None = None  # reply fields from here on
+    version: int | None = None
+    tempo: float | None = None
+    bars: int | None = None
+    beats_per_bar: int | None = None
+    bar_frames: int | None = None
+    rate: int | None = None
+    channels: int | None = None  # of the loop, also when its mix is not sent (taken from mix when it is)
+    frames: int | None = None
+    playing: bool | None = None
+    stems: list | None = None
+    mix: np.ndarray | None = None  # (channels, frames) float32, sent as one frame
+
+    def is_reply(self) -> bool:
+        return self.serial is not None
+
+    def header(self) -> dict:
+        head = super().header()
+        head.pop("mix", None)
+        if self.is_reply():
+            if self.mix is not None:
+                head["channels"], head["frames"] = _region_shape(self.mix, {})
+            if self.serial:
+                head["dtype"] = DTYPE
+            head["audio"] = self.mix is not None
+        return head
+
+    def audio_frames(self):
+        return [] if self.mix is None else [memoryview(_planar(self.mix).reshape(-1))]
+
+    @classmethod
+    def from_header(cls, head, audio):
+        req = head.get("req")
+        if head.get("serial") is None:  # a request
+            _expect_frames(head, audio, 0)
+            return cls(req=req, since=_int(head, "since", 0, 1 << 62, default=0))
+        serial = _int(head, "serial", 0, 1 << 62)
+        version = _int(head, "version", 0, 1 << 62, default=serial)
+        has_audio = _bool(head, "audio", False)
+        if serial == 0:  # no loop yet
+            if has_audio:
+                raise ProtocolError("bad-message", "a loop reply with serial 0 (no loop) carries no audio")
+            _expect_frames(head, audio, 0)
+            return cls(req=req, serial=0, version=version, playing=_opt_bool(head, "playing"))
+        tempo = _num(head, "tempo", *LOOP_TEMPO_RANGE)
+        bars = _int(head, "bars", 1, LOOP_MAX_BARS)
+        beats = _int(head, "beats_per_bar", 1, LOOP_MAX_BEATS_PER_BAR)
+        rate = _int(head, "rate", MIN_RATE, MAX_RATE)
+        bar_frames = _int(head, "bar_frames", 1, MAX_CLAIMED_FRAMES // LOOP_MAX_BARS)
+        channels = _int(head, "channels", 1, MAX_CHANNELS, code="too-large")
+        frames = _int(head, "frames", 1, MAX_CLAIMED_FRAMES, code="too-large")
+        if frames != bars * bar_frames:
+            raise ProtocolError("bad-message", f"a loop of {bars} bars of {bar_frames} frames has {bars * bar_frames} "
+                                               f"frames, the header says {frames}")
+        _check_dtype(head)
+        stems = _opt_list(head, "stems")
+        for name in stems or []:
+            _check_name(name, "stem")
+        mix = None
+        if has_audio:
+            _expect_frames(head, audio, 1)
+            mix = _samples(audio[0], channels * frames, "the loop's mix").reshape(channels, frames)
+        else:
+            _expect_frames(head, audio, 0)
+        return cls(req=req, serial=serial, version=version, tempo=tempo, bars=bars, beats_per_bar=beats,
+                   bar_frames=bar_frames, rate=rate, channels=channels, frames=frames, playing=_opt_bool(head, "playing"),
+                   stems=stems, mix=mix)
+
+
 MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Listing, Submit, Accepted, Progress, Partial, Result,
-                                                           Error, Cancel, Status, Fetch, Heartbeat, Unload)}
+                                                           Error, Cancel, Status, Fetch, Heartbeat, Unload, Loop)}
 
 
 def decode(frames) -> Message:
@@ -578,6 +663,10 @@ def _bool(head, key, default) -> bool:
     return value
 
 
+def _opt_bool(head, key) -> bool | None:
+    return None if head.get(key) is None else _bool(head, key, False)
+
+
 def _opt_dict(head, key) -> dict | None:
     value = head.get(key)
     if value is not None and not isinstance(value, dict):
@@ -600,5 +689,5 @@ def error_reply(error: ProtocolError) -> Error:
 __all__ = [
     "DTYPE", "ERROR_CODES", "MESSAGES", "PROTOCOL_VERSION", "PRIORITIES", "ProtocolError", "Message", "Hello",
     "Listing", "Submit", "Accepted", "Progress", "Partial", "Result", "Error", "Cancel", "Status", "Fetch",
-    "Heartbeat", "Unload", "decode", "error_reply",
+    "Heartbeat", "Unload", "Loop", "decode", "error_reply",
 ]

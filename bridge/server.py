@@ -268,6 +268,9 @@ class Server:
         self._outbox_endpoint = f"inproc://stemweave-outbox-{id(self)}"
         self.endpoint: str | None = None
         self.public_key: bytes | None = None
+        self.loop_engine = None  # a LoopEngine the `loop` request serves; else the OSC hook's (--osc-port)
+        self._loop_mix: tuple | None = None  # (loop, gains, version, mix) of the last loop sent
+        self._loop_version = 0
         self.context = zmq.Context()
         self._authenticator = None
         self._router = self._bind_router()
@@ -494,6 +497,32 @@ class Server:
             self._send(identity, P.Error(job=job.id, req=message.req, code=job.error[0], message=job.error[1]))
         else:
             raise RequestError("unknown-job", f"job {job.id}'s result has expired from the cache: submit it again")
+
+    def _on_loop(self, identity, message: P.Loop) -> None:
+        if message.is_reply():
+            raise P.ProtocolError("unknown-type", "a loop reply (with serial) is a server-to-client message",
+                                  req=message.req)
+        from stemweave.bridge.loop import BEATS_PER_BAR
+
+        engine = self.loop_engine or getattr(getattr(self, "osc_control", None), "engine", None)
+        if engine is None:
+            raise RequestError("no-loop", "this server runs no live loop: start it with `stemweave serve --osc-port N` "
+                                          "(docs/osc.md) and start a loop (/stemweave/loop/start)")
+        newest = engine.newest_loop()
+        if newest is None:
+            self._send(identity, P.Loop(req=message.req, serial=0, version=0, playing=bool(engine.player._run)))
+            return
+        loop, gains = newest
+        if self._loop_mix is None or self._loop_mix[0] is not loop or self._loop_mix[1] != gains:
+            self._loop_version += 1  # a new loop, or new gains: a new mix
+            self._loop_mix = (loop, gains, self._loop_version, engine.mix(loop, gains))
+        _, _, version, mix = self._loop_mix
+        self._send(identity, P.Loop(req=message.req, serial=loop.serial, version=version, tempo=float(loop.tempo),
+                                    bars=int(loop.bars), beats_per_bar=BEATS_PER_BAR,
+                                    bar_frames=int(loop.bar_frames), rate=int(engine.rate),
+                                    channels=int(mix.shape[0]), frames=int(mix.shape[1]),
+                                    playing=bool(engine.player._run), stems=list(loop.stems),
+                                    mix=None if message.since == version else mix))
 
     def _on_unload(self, identity, message: P.Unload) -> None:
         unloaded = self.models.unload(message.model)
