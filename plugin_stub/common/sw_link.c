@@ -19,6 +19,8 @@
 #define JOB_SILENCE_S 5.0   /* the server heartbeats clients with jobs every second: silence means it is gone */
 #define POLL_MS 5
 #define CONNECT_WAIT_MS 1500 /* a submit waits this long for a connection before calling the server offline */
+#define LOOP_POLL_S 0.5   /* loop mode asks the server for its loop this often */
+#define LOOP_REPLY_S 2.0  /* a loop request unanswered this long is given up and asked again */
 #define GRACE_S 5.0 /* retired stems are freed this long after the audio thread gave them back: a state save
                      * reading them on another thread at that moment still finds them */
 
@@ -51,7 +53,12 @@ struct SwLink {
     atomic_uint command_head, command_tail;
     SwStems* retired[RETIRED];
     atomic_uint retired_head, retired_tail;
+    SwLoop* retired_loops[RETIRED];
+    atomic_uint retired_loops_head, retired_loops_tail;
     atomic_ullong submitted; /* written by the audio thread only */
+    atomic_int loop_wanted;  /* loop mode on */
+    atomic_uint loop_epoch;  /* bumped each time loop mode turns on */
+    atomic_int loop_rate;    /* the host's rate */
 
     /* link -> audio thread */
     _Atomic(SwStems*) result;
@@ -60,6 +67,9 @@ struct SwLink {
     atomic_int state;
     atomic_uint progress_bits;
     atomic_int online;
+    _Atomic(SwLoop*) loop;
+    atomic_int loop_state;
+    atomic_ullong loop_answers; /* loop replies (or failures) so far: sw_link_wait_loop */
 
     pthread_mutex_t mutex; /* sw_link_wait only: never touched by the audio thread */
     pthread_cond_t cond;
@@ -72,7 +82,18 @@ struct SwLink {
     Job job;
     int64_t orphan_req; /* a job cancelled before "accepted" named it: cancel it when it does */
     SwStems* graveyard[RETIRED];
+    SwLoop* graveyard_loops[RETIRED];
     double buried[RETIRED];
+    /* loop polling (link thread only) */
+    int loop_was_wanted;
+    unsigned loop_seen_epoch;
+    int loop_held_rate;
+    SwLoopState loop_kept; /* the state the last loop with audio left */
+    int64_t loop_version; /* the version the audio thread has (or had handed over) */
+    int64_t loop_req;     /* the request in flight, -1 none */
+    double loop_sent, loop_polled;
+    int loop_logged;      /* the last state a message was printed for */
+    int loop_first;       /* the first request since loop mode turned on: wait for a connection */
 };
 
 static double now_s(void)
@@ -144,6 +165,36 @@ void sw_link_retire(SwLink* link, SwStems* stems)
     if (head - tail >= RETIRED) return; /* cannot happen at human speeds; leaking beats blocking */
     link->retired[head % RETIRED] = stems;
     atomic_store_explicit(&link->retired_head, head + 1, memory_order_release);
+}
+
+void sw_link_loop_enable(SwLink* link, int on, int rate)
+{
+    int was = atomic_load_explicit(&link->loop_wanted, memory_order_relaxed); /* only this thread writes it */
+    atomic_store_explicit(&link->loop_rate, rate, memory_order_relaxed);
+    if (on && !was) atomic_fetch_add_explicit(&link->loop_epoch, 1, memory_order_relaxed);
+    if ((on ? 1 : 0) != was) atomic_store_explicit(&link->loop_wanted, on ? 1 : 0, memory_order_release);
+}
+
+SwLoop* sw_link_take_loop(SwLink* link)
+{
+    if (!atomic_load_explicit(&link->loop, memory_order_relaxed)) return NULL;
+    return atomic_exchange_explicit(&link->loop, NULL, memory_order_acq_rel);
+}
+
+void sw_link_retire_loop(SwLink* link, SwLoop* loop)
+{
+    if (!link || !loop) return;
+    unsigned head = atomic_load_explicit(&link->retired_loops_head, memory_order_relaxed);
+    unsigned tail = atomic_load_explicit(&link->retired_loops_tail, memory_order_acquire);
+    if (head - tail >= RETIRED) return; /* cannot happen at human speeds; leaking beats blocking */
+    link->retired_loops[head % RETIRED] = loop;
+    atomic_store_explicit(&link->retired_loops_head, head + 1, memory_order_release);
+}
+
+SwLoopState sw_link_loop_state(const SwLink* link)
+{
+    if (!atomic_load_explicit(&link->loop_wanted, memory_order_relaxed)) return SW_LOOP_OFF;
+    return (SwLoopState)atomic_load_explicit(&link->loop_state, memory_order_relaxed);
 }
 
 SwState sw_link_state(const SwLink* link) { return (SwState)atomic_load_explicit(&link->state, memory_order_relaxed); }
@@ -335,6 +386,124 @@ static void take_result(SwLink* link, const SwReply* reply, zmq_msg_t* parts, in
     end_job(link, SW_STATE_READY);
 }
 
+/* ----------------------------------------------------------------------------------------------------------
+ * Loop mode: poll the server's live loop, hand each new mix to the audio thread. */
+
+static void loop_answered(SwLink* link, SwLoopState state)
+{
+    link->loop_req = -1;
+    if (state == SW_LOOP_OFFLINE) link->loop_version = 0; /* a restarted server's loop: fetch it whole */
+    atomic_store_explicit(&link->loop_state, state, memory_order_relaxed);
+    pthread_mutex_lock(&link->mutex);
+    atomic_fetch_add_explicit(&link->loop_answers, 1, memory_order_release);
+    pthread_cond_broadcast(&link->cond);
+    pthread_mutex_unlock(&link->mutex);
+}
+
+static void loop_say(SwLink* link, SwLoopState state, const char* text)
+{
+    if (link->loop_logged != (int)state) fprintf(stderr, "stemweave: loop mode: %s\n", text);
+    link->loop_logged = (int)state;
+}
+
+static void poll_loop(SwLink* link, double now)
+{
+    if (!atomic_load_explicit(&link->loop_wanted, memory_order_acquire)) {
+        if (link->loop_was_wanted) {
+            link->loop_was_wanted = 0;
+            link->loop_req = -1;
+            sw_loop_free(atomic_exchange_explicit(&link->loop, NULL, memory_order_acq_rel)); /* never taken */
+        }
+        return;
+    }
+    unsigned epoch = atomic_load_explicit(&link->loop_epoch, memory_order_relaxed);
+    int rate = atomic_load_explicit(&link->loop_rate, memory_order_relaxed);
+    if (!link->loop_was_wanted || epoch != link->loop_seen_epoch || rate != link->loop_held_rate) {
+        link->loop_was_wanted = 1; /* (again): the audio thread holds no loop, fetch it whole */
+        link->loop_seen_epoch = epoch;
+        link->loop_held_rate = rate;
+        link->loop_version = 0;
+        link->loop_req = -1;
+        link->loop_polled = 0.0;
+        link->loop_logged = -1;
+        link->loop_first = 1;
+        atomic_store_explicit(&link->loop_state, SW_LOOP_WAITING, memory_order_relaxed);
+    }
+    if (link->loop_req >= 0) {
+        if (now - link->loop_sent < LOOP_REPLY_S) return;
+        loop_say(link, SW_LOOP_OFFLINE, "no answer from the server");
+        loop_answered(link, SW_LOOP_OFFLINE);
+    }
+    if (now - link->loop_polled < LOOP_POLL_S) return;
+    link->loop_polled = now;
+    char header[SW_HEADER_CAPACITY];
+    int64_t req = link->next_req++;
+    int n = sw_header_loop(header, sizeof header, req, link->loop_version);
+    const int wait_ms = link->loop_first ? CONNECT_WAIT_MS : 0; /* just started: the connection may be coming */
+    link->loop_first = 0;
+    if (n > 0 && send_message_within(link, header, n, NULL, NULL, 0, wait_ms) == 0) {
+        link->loop_req = req;
+        link->loop_sent = now;
+    } else {
+        loop_answered(link, SW_LOOP_OFFLINE);
+    }
+}
+
+/* A reply to the loop request in flight. */
+static void take_loop(SwLink* link, const SwReply* r, zmq_msg_t* parts, int n_parts)
+{
+    char text[SW_MAX_MESSAGE + 256];
+    if (r->type == SW_MSG_ERROR) {
+        snprintf(text, sizeof text, "the server says %s: %s", r->code, r->message);
+        loop_say(link, SW_LOOP_NONE, text);
+        loop_answered(link, SW_LOOP_NONE);
+        return;
+    }
+    if (r->type == SW_MSG_LOOP && r->serial == 0 && n_parts == 0) { /* no loop made yet */
+        loop_say(link, SW_LOOP_WAITING, "the server has made no loop yet (/stemweave/loop/start)");
+        loop_answered(link, SW_LOOP_WAITING);
+        return;
+    }
+    if (r->type == SW_MSG_LOOP && !r->audio && n_parts == 0 && r->serial > 0 && r->version == link->loop_version) {
+        loop_answered(link, link->loop_kept); /* unchanged */
+        return;
+    }
+    const int64_t samples = (int64_t)r->channels * r->frames;
+    if (r->type != SW_MSG_LOOP || !r->audio || n_parts != 1 || r->serial < 1 || r->version < 0 || r->channels < 1 ||
+        r->bars < 1 || r->beats_per_bar < 1 || r->bar_frames < 1 || r->tempo <= 0.0 || r->rate < 1 ||
+        r->frames != (int64_t)r->bars * r->bar_frames || zmq_msg_size(&parts[0]) != (size_t)samples * sizeof(float)) {
+        loop_say(link, SW_LOOP_NONE, "a malformed loop reply: ignored");
+        loop_answered(link, SW_LOOP_NONE);
+        return;
+    }
+    link->loop_version = r->version; /* held (or refused): not sent again until it changes */
+    if (r->rate != link->loop_held_rate) {
+        snprintf(text, sizeof text, "the loop runs at %d Hz and the host at %d Hz: start the server with "
+                 "--audio-rate %d", r->rate, link->loop_held_rate, link->loop_held_rate);
+        loop_say(link, SW_LOOP_RATE, text);
+        link->loop_kept = SW_LOOP_RATE;
+        loop_answered(link, SW_LOOP_RATE);
+        return;
+    }
+    SwLoop* loop = calloc(1, sizeof *loop);
+    float* data = malloc((size_t)samples * sizeof(float));
+    if (!loop || !data) {
+        free(loop);
+        free(data);
+        link->loop_version = 0;
+        loop_answered(link, SW_LOOP_NONE);
+        return;
+    }
+    memcpy(data, zmq_msg_data(&parts[0]), (size_t)samples * sizeof(float));
+    *loop = (SwLoop){.serial = r->serial, .version = r->version, .tempo = r->tempo, .bars = r->bars,
+                     .beats_per_bar = r->beats_per_bar, .bar_frames = r->bar_frames, .frames = r->frames,
+                     .rate = r->rate, .channels = r->channels, .data = data};
+    sw_loop_free(atomic_exchange_explicit(&link->loop, loop, memory_order_acq_rel)); /* an untaken older one */
+    link->loop_kept = SW_LOOP_READY;
+    link->loop_logged = SW_LOOP_READY;
+    loop_answered(link, SW_LOOP_READY);
+}
+
 static void receive(SwLink* link, double now)
 {
     for (int budget = 0; budget < 64; ++budget) {
@@ -365,7 +534,10 @@ static void receive(SwLink* link, double now)
         link->last_rx = now;
         atomic_store_explicit(&link->online, 1, memory_order_relaxed);
         SwReply reply;
-        if (sw_reply_parse((const char*)zmq_msg_data(&header), zmq_msg_size(&header), &reply) == 0 && !overflow) {
+        int parsed = sw_reply_parse((const char*)zmq_msg_data(&header), zmq_msg_size(&header), &reply) == 0;
+        if (parsed && !overflow && link->loop_req >= 0 && reply.req == link->loop_req) {
+            take_loop(link, &reply, parts, n_parts);
+        } else if (parsed && !overflow) {
             if (job_matches(link, &reply)) link->job.last_rx = now;
             switch (reply.type) {
             case SW_MSG_ACCEPTED:
@@ -392,6 +564,7 @@ static void receive(SwLink* link, double now)
                 }
                 break;
             case SW_MSG_UNKNOWN:
+            case SW_MSG_LOOP: /* a late answer to a loop request given up on */
             case SW_MSG_HELLO: /* any reply at all already marked the server online */
             case SW_MSG_PARTIAL: /* finished windows: the plugin plays the whole result only */
             case SW_MSG_STATUS:
@@ -403,18 +576,20 @@ static void receive(SwLink* link, double now)
     }
 }
 
-static void bury(SwLink* link, SwStems* stems, double now)
+static void bury(SwLink* link, SwStems* stems, SwLoop* loop, double now)
 {
     int oldest = 0;
     for (int i = 0; i < RETIRED; ++i) {
-        if (!link->graveyard[i]) {
+        if (!link->graveyard[i] && !link->graveyard_loops[i]) {
             oldest = i;
             break;
         }
         if (link->buried[i] < link->buried[oldest]) oldest = i;
     }
     sw_stems_free(link->graveyard[oldest]);
+    sw_loop_free(link->graveyard_loops[oldest]);
     link->graveyard[oldest] = stems;
+    link->graveyard_loops[oldest] = loop;
     link->buried[oldest] = now;
 }
 
@@ -434,14 +609,22 @@ static void* run_link(void* arg)
         /* stems the audio thread gave back */
         unsigned rtail = atomic_load_explicit(&link->retired_tail, memory_order_relaxed);
         while (rtail != atomic_load_explicit(&link->retired_head, memory_order_acquire)) {
-            bury(link, link->retired[rtail % RETIRED], now);
+            bury(link, link->retired[rtail % RETIRED], NULL, now);
             atomic_store_explicit(&link->retired_tail, ++rtail, memory_order_release);
         }
+        unsigned ltail = atomic_load_explicit(&link->retired_loops_tail, memory_order_relaxed);
+        while (ltail != atomic_load_explicit(&link->retired_loops_head, memory_order_acquire)) {
+            bury(link, NULL, link->retired_loops[ltail % RETIRED], now);
+            atomic_store_explicit(&link->retired_loops_tail, ++ltail, memory_order_release);
+        }
         for (int i = 0; i < RETIRED; ++i)
-            if (link->graveyard[i] && now - link->buried[i] > GRACE_S) {
+            if ((link->graveyard[i] || link->graveyard_loops[i]) && now - link->buried[i] > GRACE_S) {
                 sw_stems_free(link->graveyard[i]);
+                sw_loop_free(link->graveyard_loops[i]);
                 link->graveyard[i] = NULL;
+                link->graveyard_loops[i] = NULL;
             }
+        poll_loop(link, now);
         if (now - link->last_beat >= HEARTBEAT_S) send_heartbeat(link, now);
         zmq_pollitem_t item = {link->socket, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, POLL_MS) > 0) receive(link, now_s());
@@ -466,6 +649,11 @@ SwLink* sw_link_new(const char* endpoint, const char* client_name)
     snprintf(link->client, sizeof link->client, "%s", client_name ? client_name : "stemweave-plugin");
     link->next_req = 1;
     link->orphan_req = -2;
+    link->loop_req = -1;
+    link->loop_logged = -1;
+    link->loop_kept = SW_LOOP_READY;
+    atomic_init(&link->loop, NULL);
+    atomic_init(&link->loop_state, SW_LOOP_WAITING);
     atomic_init(&link->state, SW_STATE_IDLE);
     atomic_init(&link->result, NULL);
     pthread_mutex_init(&link->mutex, NULL);
@@ -505,6 +693,10 @@ void sw_link_free(SwLink* link)
     unsigned rtail = atomic_load(&link->retired_tail);
     while (rtail != atomic_load(&link->retired_head)) sw_stems_free(link->retired[rtail++ % RETIRED]);
     for (int i = 0; i < RETIRED; ++i) sw_stems_free(link->graveyard[i]);
+    sw_loop_free(atomic_exchange(&link->loop, NULL));
+    unsigned ltail = atomic_load(&link->retired_loops_tail);
+    while (ltail != atomic_load(&link->retired_loops_head)) sw_loop_free(link->retired_loops[ltail++ % RETIRED]);
+    for (int i = 0; i < RETIRED; ++i) sw_loop_free(link->graveyard_loops[i]);
     if (link->socket) zmq_close(link->socket);
     if (link->context) zmq_ctx_term(link->context);
     pthread_mutex_destroy(&link->mutex);
@@ -526,4 +718,21 @@ int sw_link_wait(SwLink* link, uint64_t seq, double timeout_s)
     int done = atomic_load_explicit(&link->finished, memory_order_acquire) >= seq;
     pthread_mutex_unlock(&link->mutex);
     return done;
+}
+
+int sw_link_wait_loop(SwLink* link, double timeout_s)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    double whole = (double)deadline.tv_sec + (double)deadline.tv_nsec * 1e-9 + timeout_s;
+    deadline.tv_sec = (time_t)whole;
+    deadline.tv_nsec = (long)((whole - (double)deadline.tv_sec) * 1e9);
+    pthread_mutex_lock(&link->mutex);
+    unsigned long long before = atomic_load_explicit(&link->loop_answers, memory_order_acquire);
+    int rc = 0;
+    while (atomic_load_explicit(&link->loop_answers, memory_order_acquire) == before && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&link->cond, &link->mutex, &deadline);
+    int answered = atomic_load_explicit(&link->loop_answers, memory_order_acquire) != before;
+    pthread_mutex_unlock(&link->mutex);
+    return answered;
 }

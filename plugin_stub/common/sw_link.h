@@ -3,14 +3,16 @@
  * on the audio side). Shared by the LV2 and the VST3 builds.
  *
  * Audio thread (real-time safe):  sw_link_submit, sw_link_cancel, sw_link_take_result, sw_link_retire,
- *                                 sw_link_state, sw_link_progress, sw_link_online, sw_link_audio_released.
- * Any other thread:               sw_link_new, sw_link_free, sw_link_wait.
+ *                                 sw_link_state, sw_link_progress, sw_link_online, sw_link_audio_released,
+ *                                 sw_link_loop_enable, sw_link_take_loop, sw_link_retire_loop, sw_link_loop_state.
+ * Any other thread:               sw_link_new, sw_link_free, sw_link_wait, sw_link_wait_loop.
  */
 #ifndef SW_LINK_H
 #define SW_LINK_H
 
 #include <stdint.h>
 
+#include "sw_loop.h"
 #include "sw_protocol.h"
 
 #ifdef __cplusplus
@@ -59,6 +61,17 @@ typedef struct {
     const float* audio[SW_MAX_CHANNELS];
 } SwRequest;
 
+/* What loop mode shows (the plugin's Loop state port; SW_LOOP_PLAYING is the plugin's own). */
+typedef enum {
+    SW_LOOP_OFF = 0,     /* loop mode is off */
+    SW_LOOP_WAITING = 1, /* asking; the server has made no loop yet */
+    SW_LOOP_PLAYING = 2, /* a loop plays (set by the plugin) */
+    SW_LOOP_READY = 2,   /* the link holds the newest loop */
+    SW_LOOP_NONE = 3,    /* the server runs no loop engine (start it with --osc-port) */
+    SW_LOOP_RATE = 4,    /* the loop's sample rate is not the host's */
+    SW_LOOP_OFFLINE = 5  /* no server */
+} SwLoopState;
+
 typedef struct SwLink SwLink;
 
 /* Start the link thread, connecting to endpoint (NULL: $STEMWEAVE_ENDPOINT, else SW_DEFAULT_ENDPOINT). */
@@ -76,6 +89,18 @@ int sw_link_audio_released(const SwLink* link, uint64_t seq);
 SwStems* sw_link_take_result(SwLink* link);
 /* Give back stems the audio thread no longer plays; the link frees them. */
 void sw_link_retire(SwLink* link, SwStems* stems);
+
+/* Loop mode: while on, the link polls the server's live loop (every LOOP_POLL_S) for a host at `rate` Hz and
+ * hands each new one over; off forgets what it held, so turning it on again fetches the loop afresh. */
+void sw_link_loop_enable(SwLink* link, int on, int rate);
+/* The newest loop not yet taken, or NULL. */
+SwLoop* sw_link_take_loop(SwLink* link);
+/* Give back a loop the audio thread no longer plays; the link frees it. */
+void sw_link_retire_loop(SwLink* link, SwLoop* loop);
+SwLoopState sw_link_loop_state(const SwLink* link);
+/* Not real-time: block until the server has answered a loop request made after this call began, or timeout_s
+ * has passed. Returns 1 when it answered. An offline render waits here for its first loop. */
+int sw_link_wait_loop(SwLink* link, double timeout_s);
 
 SwState sw_link_state(const SwLink* link);
 float sw_link_progress(const SwLink* link);

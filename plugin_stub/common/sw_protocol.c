@@ -42,6 +42,13 @@ int sw_header_cancel(char* out, size_t cap, int64_t req, const char* job)
                          (long long)req, job), cap);
 }
 
+int sw_header_loop(char* out, size_t cap, int64_t req, int64_t since)
+{
+    if (since < 0) return -1;
+    return fits(snprintf(out, cap, "{\"v\":%d,\"type\":\"loop\",\"req\":%lld,\"since\":%lld}", SW_PROTOCOL_VERSION,
+                         (long long)req, (long long)since), cap);
+}
+
 int sw_header_submit(char* out, size_t cap, int64_t req, SwTask task, int rate, int channels, int64_t frames,
                      int64_t position, uint64_t seed, const char* given, const char* target)
 {
@@ -226,6 +233,17 @@ static int get_int(const char* json, size_t len, const char* key, int64_t* out)
     return 0;
 }
 
+static int get_bool(const char* json, size_t len, const char* key, int* out)
+{
+    const char* v;
+    size_t n;
+    if (sw_json_find(json, len, key, &v, &n)) return -1;
+    if (n == 4 && memcmp(v, "true", 4) == 0) *out = 1;
+    else if (n == 5 && memcmp(v, "false", 5) == 0) *out = 0;
+    else return -1;
+    return 0;
+}
+
 static int get_string_list(const char* json, size_t len, const char* key, char (*out)[SW_MAX_NAME + 1], int max)
 {
     const char* v;
@@ -250,7 +268,7 @@ static const struct {
     SwMessageType type;
 } TYPES[] = {{"hello", SW_MSG_HELLO},     {"accepted", SW_MSG_ACCEPTED}, {"progress", SW_MSG_PROGRESS},
              {"partial", SW_MSG_PARTIAL}, {"result", SW_MSG_RESULT},     {"error", SW_MSG_ERROR},
-             {"status", SW_MSG_STATUS},   {"heartbeat", SW_MSG_HEARTBEAT}};
+             {"status", SW_MSG_STATUS},   {"heartbeat", SW_MSG_HEARTBEAT}, {"loop", SW_MSG_LOOP}};
 
 int sw_reply_parse(const char* json, size_t len, SwReply* r)
 {
@@ -278,5 +296,13 @@ int sw_reply_parse(const char* json, size_t len, SwReply* r)
     }
     int n = get_string_list(json, len, "stems", r->stems, SW_MAX_STEMS);
     r->n_stems = n > 0 ? n : 0;
+    r->serial = r->version = r->bar_frames = -1;
+    if (!get_int(json, len, "serial", &x) && x >= 0) r->serial = x;
+    if (!get_int(json, len, "version", &x) && x >= 0) r->version = x;
+    if (get_number(json, len, "tempo", &r->tempo) || !(r->tempo > 0.0)) r->tempo = 0.0;
+    if (!get_int(json, len, "bars", &x) && x >= 1 && x <= 64) r->bars = (int)x;
+    if (!get_int(json, len, "beats_per_bar", &x) && x >= 1 && x <= 64) r->beats_per_bar = (int)x;
+    if (!get_int(json, len, "bar_frames", &x) && x >= 1) r->bar_frames = x;
+    if (get_bool(json, len, "audio", &r->audio)) r->audio = 0;
     return 0;
 }

@@ -5,7 +5,10 @@
  *   submit  -> header, then one frame per channel of the region (audio: true), then one frame per given stem
  *              (each channels x frames, channel-major);
  *   result  <- header (stems: [names], channels, frames, rate, position), then one frame per stem
- *              (channels x frames, channel-major).
+ *              (channels x frames, channel-major);
+ *   loop    -> header (since: the loop version held); <- header (serial, version, tempo, bars, beats_per_bar,
+ *              bar_frames, rate, channels, frames, audio), then the loop's mix when audio is true (one frame,
+ *              channels x frames, channel-major).
  */
 #ifndef SW_PROTOCOL_H
 #define SW_PROTOCOL_H
@@ -39,7 +42,8 @@ typedef enum {
     SW_MSG_RESULT,
     SW_MSG_ERROR,
     SW_MSG_STATUS,
-    SW_MSG_HEARTBEAT
+    SW_MSG_HEARTBEAT,
+    SW_MSG_LOOP
 } SwMessageType;
 
 /* A decoded reply header: the fields a client acts on. */
@@ -57,6 +61,14 @@ typedef struct {
     int64_t position;
     int n_stems;
     char stems[SW_MAX_STEMS][SW_MAX_NAME + 1];
+    /* loop */
+    int64_t serial;     /* 0: no loop; -1 when absent or invalid */
+    int64_t version;
+    double tempo;
+    int bars;
+    int beats_per_bar;
+    int64_t bar_frames;
+    int audio;          /* the mix follows */
 } SwReply;
 
 /* Headers a client sends; each writes a NUL-terminated JSON object into out and returns its length, or -1 when
@@ -64,6 +76,8 @@ typedef struct {
 int sw_header_hello(char* out, size_t cap, int64_t req, const char* client);
 int sw_header_heartbeat(char* out, size_t cap, int64_t req);
 int sw_header_cancel(char* out, size_t cap, int64_t req, const char* job);
+/* Ask for the live loop unless version `since` (>= 0) is the one held. */
+int sw_header_loop(char* out, size_t cap, int64_t req, int64_t since);
 /* separate: the region's audio follows (one frame per channel). accompany: the region is the given stem
  * `given` (one frame, channel-major) and the server generates `target`. */
 int sw_header_submit(char* out, size_t cap, int64_t req, SwTask task, int rate, int channels, int64_t frames,

@@ -6,14 +6,20 @@
  * worker to wait for the job, and hosts run that work synchronously there, so an offline render gets the stems at
  * the exact sample its capture ended. Timing is exact to the sample: the block is split at every time:Position
  * event and at the frame a capture completes.
+ *
+ * Loop mode (common/sw_loop.h): the link polls the server's live loop; run() plays it bar for bar with the host's
+ * time:Position (bar, barBeat, beatsPerBar, beatsPerMinute) and swaps to a newer loop on a bar line.
+ * State (common/sw_state.h): the returned stems and the last complete capture are saved with the session.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lv2/atom/atom.h>
 #include <lv2/atom/util.h>
@@ -27,11 +33,13 @@
 #include <lv2/worker/worker.h>
 
 #include "../common/sw_link.h"
+#include "../common/sw_loop.h"
 #include "../common/sw_state.h"
 
 #define SW_URI "https://stemweave.dev/plugins/stemweave"
 #define SW_STATE_URI SW_URI "#region"
 #define DEFAULT_MAX_CAPTURE_S 120.0
+#define FIRST_LOOP_WAIT_S 10.0 /* an offline render waits this long for the server's loop before it starts */
 
 typedef enum {
     P_IN_L = 0,
@@ -59,12 +67,14 @@ typedef enum {
     P_PROGRESS,
     P_LATENCY,
     P_CAPTURED,
+    P_LOOP_MODE,
+    P_LOOP_STATE,
     P_COUNT
 } PortIndex;
 
 typedef struct {
     LV2_URID atom_Blank, atom_Object, atom_Float, atom_Double, atom_Long, atom_Int, atom_Path, atom_Chunk;
-    LV2_URID time_Position, time_frame, time_speed;
+    LV2_URID time_Position, time_frame, time_speed, time_bar, time_barBeat, time_beatsPerBar, time_beatsPerMinute;
     LV2_URID sw_region;
 } Uris;
 
@@ -73,6 +83,23 @@ typedef struct {
     float* data[2];
     uint64_t seq; /* the job reading it, 0 when free */
 } CaptureBuffer;
+
+/* The last complete capture, as save() (another thread) may read it: a sequence lock. The audio thread makes seq
+ * odd while it changes these, and moves `buffer` away before it reuses that buffer; save() copies the samples and
+ * keeps the copy only if seq did not move meanwhile. */
+typedef struct {
+    atomic_uint seq;
+    atomic_int buffer; /* -1: none */
+    atomic_llong frames, position;
+    atomic_int mono;
+} SavedCapture;
+
+/* What the worker is asked to wait for (offline renders only). */
+typedef enum { WAIT_JOB = 1, WAIT_LOOP = 2 } WaitKind;
+typedef struct {
+    uint32_t kind;
+    uint64_t seq;
+} WorkMessage;
 
 typedef struct {
     const float* in[2];
@@ -83,6 +110,7 @@ typedef struct {
     float* progress;
     float* latency;
     float* captured;
+    float* loop_state;
 
     LV2_URID_Map* map;
     LV2_Worker_Schedule* schedule;
@@ -108,6 +136,7 @@ typedef struct {
     int64_t cap_len;   /* frames captured (contiguous from cap_start) */
     int64_t cap_want;  /* marks: the span's length; 0 while the toggle decides */
     float last_capture, last_mark_start, last_mark_end;
+    SavedCapture saved;
 
     /* actions */
     int pending; /* -1 none, else SwTask to submit when the capture is complete */
@@ -117,6 +146,12 @@ typedef struct {
     /* playback */
     SwStems* stems;
     SwStems* restored; /* stems from state restore, swapped in by the next run() (__atomic builtins) */
+
+    /* loop mode */
+    bool loop_on;
+    bool loop_waited; /* an offline render already waited for its first loop */
+    SwBarClock clock; /* the host's bars, when its time:Position has them */
+    SwLoopPlayer loops;
 } Plugin;
 
 /* ----------------------------------------------------------------------------------------------------------
@@ -159,6 +194,10 @@ static LV2_Handle instantiate(const LV2_Descriptor* descriptor, double rate, con
     u->time_Position = m->map(m->handle, LV2_TIME__Position);
     u->time_frame = m->map(m->handle, LV2_TIME__frame);
     u->time_speed = m->map(m->handle, LV2_TIME__speed);
+    u->time_bar = m->map(m->handle, LV2_TIME__bar);
+    u->time_barBeat = m->map(m->handle, LV2_TIME__barBeat);
+    u->time_beatsPerBar = m->map(m->handle, LV2_TIME__beatsPerBar);
+    u->time_beatsPerMinute = m->map(m->handle, LV2_TIME__beatsPerMinute);
     u->sw_region = m->map(m->handle, SW_STATE_URI);
 
     self->rate = rate;
@@ -183,6 +222,9 @@ static LV2_Handle instantiate(const LV2_Descriptor* descriptor, double rate, con
     self->pending = -1;
     self->speed = 1.0f;
     self->last_capture = 0.0f;
+    atomic_init(&self->saved.seq, 0);
+    atomic_init(&self->saved.buffer, -1);
+    sw_loop_player_init(&self->loops);
     return self;
 }
 
@@ -199,6 +241,7 @@ static void connect_port(LV2_Handle instance, uint32_t port, void* data)
     case P_PROGRESS: self->progress = data; break;
     case P_LATENCY: self->latency = data; break;
     case P_CAPTURED: self->captured = data; break;
+    case P_LOOP_STATE: self->loop_state = data; break;
     default:
         if (port < P_COUNT) self->c[port] = data;
         break;
@@ -211,6 +254,7 @@ static void activate(LV2_Handle instance)
     self->frame = 0;
     self->has_transport = false;
     self->speed = 1.0f;
+    self->clock.valid = 0;
 }
 
 static float control(const Plugin* self, PortIndex port, float fallback)
@@ -220,6 +264,19 @@ static float control(const Plugin* self, PortIndex port, float fallback)
 
 /* ----------------------------------------------------------------------------------------------------------
  * Capture and jobs (audio thread) */
+
+/* Publish (audio thread, or restore) what save() sees as the last complete capture: buffer -1 for none. */
+static void publish_capture(Plugin* self, int buffer, int64_t frames, int64_t position, bool mono)
+{
+    SavedCapture* c = &self->saved;
+    atomic_fetch_add_explicit(&c->seq, 1, memory_order_relaxed); /* odd: changing */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&c->buffer, buffer, memory_order_relaxed);
+    atomic_store_explicit(&c->frames, frames, memory_order_relaxed);
+    atomic_store_explicit(&c->position, position, memory_order_relaxed);
+    atomic_store_explicit(&c->mono, mono, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->seq, 1, memory_order_release); /* even: stable */
+}
 
 static bool buffer_free(const Plugin* self, int b)
 {
@@ -232,6 +289,8 @@ static void start_capture(Plugin* self, int64_t start, int64_t want)
     int b = self->complete || self->buffers[self->buffer].seq ? 1 - self->buffer : self->buffer;
     if (!buffer_free(self, b)) b = 1 - b;
     if (!buffer_free(self, b)) return; /* both still being sent: try again next block */
+    if (atomic_load_explicit(&self->saved.buffer, memory_order_relaxed) == b)
+        publish_capture(self, -1, 0, 0, false); /* about to be overwritten: no longer the saved capture */
     self->buffer = b;
     self->buffers[b].seq = 0;
     self->capturing = true;
@@ -277,10 +336,12 @@ static void submit(Plugin* self, SwTask task)
      * host's worker (hosts run it synchronously in freewheel); a host without one (lv2file) has no deadline in
      * freewheel, so run() waits itself. Never in real time. */
     if (control(self, P_FREEWHEEL, 0.0f) > 0.5f) {
-        if (self->schedule)
-            self->schedule->schedule_work(self->schedule->handle, sizeof seq, &seq);
-        else
+        if (self->schedule) {
+            const WorkMessage message = {WAIT_JOB, seq};
+            self->schedule->schedule_work(self->schedule->handle, sizeof message, &message);
+        } else {
             sw_link_wait(self->link, seq, 3600.0);
+        }
         take_result(self);
     }
 }
@@ -290,6 +351,7 @@ static void capture_done(Plugin* self)
     self->capturing = false;
     self->armed = false;
     self->complete = self->cap_len > 0;
+    if (self->complete) publish_capture(self, self->buffer, self->cap_len, self->cap_start, self->mono);
     if (self->complete && self->pending >= 0) submit(self, (SwTask)self->pending);
 }
 
@@ -353,6 +415,7 @@ static void process(Plugin* self, uint32_t begin, uint32_t end)
     const int64_t mark_end = (int64_t)llround((double)me * self->rate);
     const bool loop = control(self, P_LOOP, 0.0f) > 0.5f;
     const float dry = control(self, P_DRY, 0.0f);
+    const int64_t first = self->frame; /* the timeline frame of sample `begin` */
 
     for (uint32_t i = begin; i < end; ++i) {
         const int64_t f = self->frame;
@@ -416,13 +479,33 @@ static void process(Plugin* self, uint32_t begin, uint32_t end)
         if (self->out[1]) self->out[1][i] = out_r;
         if (rolling) ++self->frame;
     }
+
+    /* loop mode: the server's live loop on top, bar for bar with the host */
+    if (self->loop_on && end > begin) {
+        float* const out[2] = {self->out[0] + begin, self->out[1] ? self->out[1] + begin : NULL};
+        SwLoop* old = sw_loop_player_render(&self->loops, &self->clock, first, rolling, out, end - begin);
+        if (old) sw_link_retire_loop(self->link, old);
+    }
+}
+
+/* A number in an atom of any numeric type the hosts use for time:Position fields; 0 when it is none. */
+static int atom_number(const Uris* u, const LV2_Atom* atom, double* out)
+{
+    if (!atom) return 0;
+    if (atom->type == u->atom_Float) *out = ((const LV2_Atom_Float*)atom)->body;
+    else if (atom->type == u->atom_Double) *out = ((const LV2_Atom_Double*)atom)->body;
+    else if (atom->type == u->atom_Long) *out = (double)((const LV2_Atom_Long*)atom)->body;
+    else if (atom->type == u->atom_Int) *out = ((const LV2_Atom_Int*)atom)->body;
+    else return 0;
+    return 1;
 }
 
 static void read_position(Plugin* self, const LV2_Atom_Object* obj)
 {
     const Uris* u = &self->uris;
-    const LV2_Atom *frame = NULL, *speed = NULL;
-    lv2_atom_object_get(obj, u->time_frame, &frame, u->time_speed, &speed, 0);
+    const LV2_Atom *frame = NULL, *speed = NULL, *bar = NULL, *bar_beat = NULL, *beats_per_bar = NULL, *bpm = NULL;
+    lv2_atom_object_get(obj, u->time_frame, &frame, u->time_speed, &speed, u->time_bar, &bar, u->time_barBeat,
+                        &bar_beat, u->time_beatsPerBar, &beats_per_bar, u->time_beatsPerMinute, &bpm, 0);
     if (speed && speed->type == u->atom_Float) self->speed = ((const LV2_Atom_Float*)speed)->body;
     if (frame && frame->type == u->atom_Long) {
         int64_t to = ((const LV2_Atom_Long*)frame)->body;
@@ -430,6 +513,57 @@ static void read_position(Plugin* self, const LV2_Atom_Object* obj)
         self->frame = to;
     }
     self->has_transport = true;
+    /* the musical position, for loop mode: without all four numbers (or with nonsense) the loop keeps its own bars */
+    double b, beat, per_bar, tempo;
+    if (!atom_number(u, bar, &b) || !atom_number(u, bar_beat, &beat) || !atom_number(u, beats_per_bar, &per_bar) ||
+        !atom_number(u, bpm, &tempo) || !(tempo > 0.0) ||
+        sw_bar_clock_update(&self->clock, self->frame, b, beat, per_bar, self->rate * 60.0 / tempo) != 0)
+        self->clock.valid = 0;
+}
+
+static void offer_loop(Plugin* self, SwLoop* fresh)
+{
+    if (fresh) sw_link_retire_loop(self->link, sw_loop_player_offer(&self->loops, fresh));
+}
+
+/* Loop mode, once per block: tell the link, take a newer loop; an offline render waits for its first loop. */
+static void update_loop(Plugin* self)
+{
+    if (!self->link) return;
+    const bool on = control(self, P_LOOP_MODE, 0.0f) > 0.5f;
+    if (on != self->loop_on) {
+        if (!on) { /* give the loops back; turned on again, the link fetches the loop afresh */
+            sw_link_retire_loop(self->link, self->loops.current);
+            sw_link_retire_loop(self->link, self->loops.pending);
+            sw_loop_player_init(&self->loops);
+        }
+        self->loop_on = on;
+        self->loop_waited = false;
+    }
+    sw_link_loop_enable(self->link, on, (int)lrint(self->rate));
+    if (!on) return;
+    offer_loop(self, sw_link_take_loop(self->link));
+    if (control(self, P_FREEWHEEL, 0.0f) > 0.5f && !self->loops.current && !self->loops.pending &&
+        !self->loop_waited) {
+        /* offline: no deadline, so wait (through the host's worker, else here) and start the render in the loop */
+        self->loop_waited = true;
+        if (self->schedule) {
+            const WorkMessage message = {WAIT_LOOP, 0};
+            self->schedule->schedule_work(self->schedule->handle, sizeof message, &message);
+        } else {
+            sw_link_wait_loop(self->link, FIRST_LOOP_WAIT_S);
+        }
+        offer_loop(self, sw_link_take_loop(self->link));
+    }
+}
+
+static SwLoopState shown_loop_state(const Plugin* self)
+{
+    if (!self->loop_on) return SW_LOOP_OFF;
+    if (!self->link || !sw_link_online(self->link)) return SW_LOOP_OFFLINE;
+    if (self->loops.current) return SW_LOOP_PLAYING;
+    SwLoopState state = sw_link_loop_state(self->link);
+    return state == SW_LOOP_READY ? SW_LOOP_WAITING : state; /* ready but not yet taken: next block */
 }
 
 static SwState shown_state(const Plugin* self)
@@ -454,6 +588,7 @@ static void run(LV2_Handle instance, uint32_t n_samples)
     }
     take_result(self);
     read_controls(self);
+    update_loop(self);
 
     uint32_t done = 0;
     if (self->control) {
@@ -476,6 +611,7 @@ static void run(LV2_Handle instance, uint32_t n_samples)
     if (self->progress) *self->progress = self->link ? sw_link_progress(self->link) : 0.0f;
     if (self->latency) *self->latency = 0.0f; /* audio is never delayed: stems are placed on the timeline */
     if (self->captured) *self->captured = (float)((double)self->cap_len / self->rate);
+    if (self->loop_state) *self->loop_state = (float)shown_loop_state(self);
 }
 
 static void cleanup(LV2_Handle instance)
@@ -483,6 +619,8 @@ static void cleanup(LV2_Handle instance)
     Plugin* self = instance;
     sw_link_free(self->link); /* joins the link thread first: nothing reads the buffers after this */
     sw_stems_free(self->stems);
+    sw_loop_free(self->loops.current);
+    sw_loop_free(self->loops.pending);
     sw_stems_free(__atomic_exchange_n(&self->restored, NULL, __ATOMIC_ACQ_REL));
     for (int b = 0; b < 2; ++b)
         for (int ch = 0; ch < 2; ++ch) free(self->buffers[b].data[ch]);
@@ -496,11 +634,16 @@ static LV2_Worker_Status work(LV2_Handle instance, LV2_Worker_Respond_Function r
                               uint32_t size, const void* data)
 {
     Plugin* self = instance;
-    if (size != sizeof(uint64_t) || !self->link) return LV2_WORKER_ERR_UNKNOWN;
-    uint64_t seq;
-    memcpy(&seq, data, sizeof seq);
-    sw_link_wait(self->link, seq, 3600.0); /* ends early when the job ends in any way, or the server goes */
-    respond(handle, sizeof seq, &seq);
+    WorkMessage message;
+    if (size != sizeof message || !self->link) return LV2_WORKER_ERR_UNKNOWN;
+    memcpy(&message, data, sizeof message);
+    if (message.kind == WAIT_JOB)
+        sw_link_wait(self->link, message.seq, 3600.0); /* ends early when the job ends in any way, or the server goes */
+    else if (message.kind == WAIT_LOOP)
+        sw_link_wait_loop(self->link, FIRST_LOOP_WAIT_S); /* the server's first answer about its loop */
+    else
+        return LV2_WORKER_ERR_UNKNOWN;
+    respond(handle, sizeof message, &message);
     return LV2_WORKER_SUCCESS;
 }
 
@@ -508,30 +651,83 @@ static LV2_Worker_Status work_response(LV2_Handle instance, uint32_t size, const
 {
     (void)size;
     (void)data;
-    take_result((Plugin*)instance);
+    Plugin* self = instance;
+    take_result(self);
+    if (self->loop_on && self->link) offer_loop(self, sw_link_take_loop(self->link));
     return LV2_WORKER_SUCCESS;
 }
 
 /* ----------------------------------------------------------------------------------------------------------
- * State: the stems (and where they go on the timeline) are saved as a file beside the session. */
+ * State: the stems (and where they go on the timeline) and the last complete capture, as a file beside the
+ * session (common/sw_state.h). */
+
+static void pause_ms(long ms)
+{
+    struct timespec t = {0, ms * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+/* A copy of the last complete capture, consistent with itself (the sequence lock), or NULL when there is none. */
+static SwCapture* copy_capture(Plugin* self)
+{
+    SavedCapture* saved = &self->saved;
+    for (int attempt = 0; attempt < 20; ++attempt) {
+        const unsigned before = atomic_load_explicit(&saved->seq, memory_order_acquire);
+        if (before & 1) { /* run() is changing it this very moment */
+            pause_ms(1);
+            continue;
+        }
+        const int b = atomic_load_explicit(&saved->buffer, memory_order_relaxed);
+        const int64_t frames = atomic_load_explicit(&saved->frames, memory_order_relaxed);
+        const int64_t position = atomic_load_explicit(&saved->position, memory_order_relaxed);
+        const int mono = atomic_load_explicit(&saved->mono, memory_order_relaxed);
+        if (b < 0 || b > 1 || frames < 1 || frames > self->max_frames) return NULL;
+        const int channels = mono ? 1 : 2;
+        SwCapture* c = calloc(1, sizeof *c);
+        float* data = malloc((size_t)channels * (size_t)frames * sizeof(float));
+        if (!c || !data) {
+            free(c);
+            free(data);
+            return NULL;
+        }
+        for (int ch = 0; ch < channels; ++ch)
+            memcpy(data + (size_t)ch * (size_t)frames, self->buffers[b].data[ch], (size_t)frames * sizeof(float));
+        *c = (SwCapture){.channels = channels, .rate = (int)lrint(self->rate), .frames = frames, .position = position,
+                         .data = data};
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&saved->seq, memory_order_relaxed) == before) return c;
+        sw_capture_free(c); /* a new capture began in that buffer meanwhile: try again */
+    }
+    return NULL;
+}
 
 static LV2_State_Status save(LV2_Handle instance, LV2_State_Store_Function store, LV2_State_Handle handle,
                              uint32_t flags, const LV2_Feature* const* features)
 {
     (void)flags;
     Plugin* self = instance;
-    /* save() may run beside run(): stems run() retires are freed by the link only after a grace period */
+    /* save() may run beside run(): stems run() retires are freed by the link only after a grace period, and the
+     * capture is copied under its sequence lock */
     const SwStems* st = self->stems;
-    if (!st) return LV2_STATE_SUCCESS;
+    SwCapture* capture = copy_capture(self);
+    if (!st && !capture) return LV2_STATE_SUCCESS;
     LV2_State_Map_Path* map_path = feature(features, LV2_STATE__mapPath);
     LV2_State_Make_Path* make_path = feature(features, LV2_STATE__makePath);
-    if (!map_path) return LV2_STATE_ERR_NO_FEATURE;
-    char* path = make_path ? make_path->path(make_path->handle, "stemweave-region.swst") : NULL;
+    char* path = map_path && make_path ? make_path->path(make_path->handle, "stemweave-region.swst") : NULL;
     if (!path) {
-        lv2_log_warning(&self->logger, "stemweave: the host gives no state:makePath: the stems are not saved\n");
+        lv2_log_warning(&self->logger, "stemweave: the host gives no state:mapPath and state:makePath: the stems "
+                                       "and the capture are not saved\n");
+        sw_capture_free(capture);
         return LV2_STATE_ERR_NO_FEATURE;
     }
-    int rc = sw_state_write(path, st);
+    SwCaptureView view = {0};
+    if (capture) {
+        view = (SwCaptureView){.channels = capture->channels, .rate = capture->rate, .frames = capture->frames,
+                               .position = capture->position, .channel = {capture->data, NULL}};
+        if (capture->channels > 1) view.channel[1] = capture->data + capture->frames;
+    }
+    int rc = sw_state_write(path, st, capture ? &view : NULL);
+    sw_capture_free(capture);
     if (rc == 0) {
         char* abstract = map_path->abstract_path(map_path->handle, path);
         store(handle, self->uris.sw_region, abstract, strlen(abstract) + 1, self->uris.atom_Path,
@@ -544,6 +740,46 @@ static LV2_State_Status save(LV2_Handle instance, LV2_State_Store_Function store
     return rc == 0 ? LV2_STATE_SUCCESS : LV2_STATE_ERR_UNKNOWN;
 }
 
+/* Make a saved capture the plugin's complete capture again (restore: never concurrent with run()), so Separate or
+ * Accompany work on it after the session is reopened. */
+static void restore_capture(Plugin* self, const SwCapture* c)
+{
+    if (c->rate != (int)lrint(self->rate)) {
+        lv2_log_warning(&self->logger, "stemweave: the saved capture is at %d Hz, the session at %.0f Hz: not "
+                                       "restored\n", c->rate, self->rate);
+        return;
+    }
+    if (c->frames > self->max_frames) {
+        lv2_log_warning(&self->logger, "stemweave: the saved capture is longer than STEMWEAVE_MAX_CAPTURE_S: not "
+                                       "restored\n");
+        return;
+    }
+    int b = -1;
+    for (int wait = 0; wait < 200 && b < 0; ++wait) { /* a job in flight may still be sending one buffer */
+        for (int k = 0; k < 2 && b < 0; ++k)
+            if (buffer_free(self, (self->buffer + 1 + k) % 2)) b = (self->buffer + 1 + k) % 2;
+        if (b < 0) pause_ms(10);
+    }
+    if (b < 0) {
+        lv2_log_warning(&self->logger, "stemweave: both capture buffers are busy: the saved capture is not restored\n");
+        return;
+    }
+    const size_t bytes = (size_t)c->frames * sizeof(float);
+    memcpy(self->buffers[b].data[0], c->data, bytes);
+    memcpy(self->buffers[b].data[1], c->channels > 1 ? c->data + c->frames : c->data, bytes);
+    self->buffers[b].seq = 0;
+    self->buffer = b;
+    self->capturing = false;
+    self->armed = false;
+    self->complete = true;
+    self->mono = c->channels == 1;
+    self->cap_start = c->position;
+    self->cap_len = c->frames;
+    self->cap_want = 0;
+    self->pending = -1;
+    publish_capture(self, b, c->frames, c->position, self->mono);
+}
+
 static LV2_State_Status restore(LV2_Handle instance, LV2_State_Retrieve_Function retrieve, LV2_State_Handle handle,
                                 uint32_t flags, const LV2_Feature* const* features)
 {
@@ -553,14 +789,23 @@ static LV2_State_Status restore(LV2_Handle instance, LV2_State_Retrieve_Function
     uint32_t type, valflags;
     const void* value = retrieve(handle, self->uris.sw_region, &size, &type, &valflags);
     if (!value) return LV2_STATE_SUCCESS;
-    if (type != self->uris.atom_Path) return LV2_STATE_ERR_BAD_TYPE;
+    if (type != self->uris.atom_Path || size < 1 || ((const char*)value)[size - 1] != '\0')
+        return LV2_STATE_ERR_BAD_TYPE;
     LV2_State_Map_Path* map_path = feature(features, LV2_STATE__mapPath);
     if (!map_path) return LV2_STATE_ERR_NO_FEATURE;
     char* path = map_path->absolute_path(map_path->handle, (const char*)value);
-    SwStems* st = sw_state_read(path);
-    if (!st) lv2_log_error(&self->logger, "stemweave: cannot read the saved stems %s\n", path);
+    SwStems* st = NULL;
+    SwCapture* capture = NULL;
+    if (!path || sw_state_read(path, &st, &capture) != 0) {
+        lv2_log_error(&self->logger, "stemweave: cannot read the saved stems and capture %s (missing, or not a "
+                                     "Stemweave state)\n", path ? path : "(no path)");
+        free(path);
+        return LV2_STATE_ERR_UNKNOWN;
+    }
     free(path);
-    if (!st) return LV2_STATE_ERR_UNKNOWN;
+    if (capture) restore_capture(self, capture);
+    sw_capture_free(capture);
+    if (!st) return LV2_STATE_SUCCESS;
     if (!self->link) { /* no link to free them later: restore is never concurrent with run(), so set them here */
         sw_stems_free(self->stems);
         self->stems = st;
