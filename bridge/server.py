@@ -41,6 +41,7 @@ from stemweave.bridge.jobs import CachedResult, Job, JobQueue, ResultCache, cont
 
 DEFAULT_BIND = "tcp://127.0.0.1:5557"
 DEFAULT_PRESETS = {"separate": "separate-fast", "accompany": "accompany-fast", "generate": "generate"}  # = stemweave.api's
+MSLDM_PRESETS = {"accompany": "msldm-accompany-fast", "generate": "msldm-generate"}  # = stemweave.api's, msldm models
 ANALYTIC_MODEL = "analytic"  # the built-in closed-form example prior: runs with no trained weights
 
 # Parameters a submit may carry (docs/protocol.md, "params"): name -> (type, low, high).
@@ -95,7 +96,21 @@ def default_model_loader(name: str, device: str, backend: str = "torch"):
         return analytic_model()
     from stemweave import api
 
-    return api.load_task_model(name, "separate", device, backend)[0]
+    task = "generate" if model_kind(name) == "msldm" else "separate"  # an msldm model cannot separate
+    return api.load_task_model(name, task, device, backend)[0]
+
+
+def model_kind(name: str) -> str | None:
+    """The kind on a shipped model's card (msdm, isdm, msldm, regression), None for the analytic prior and for
+    names the model registry does not know (a server with its own loader)."""
+    if name == ANALYTIC_MODEL:
+        return None
+    try:
+        from stemweave.engine.models import model_kind as kind_of
+
+        return kind_of(name)
+    except Exception:  # noqa: BLE001 - not a registry model: its loader decides
+        return None
 
 
 def default_model_for(task: str, names: list[str]) -> str:
@@ -566,7 +581,11 @@ class Server:
         if model not in self.model_names():
             raise RequestError("bad-request", f"unknown model {model!r}: this server has "
                                               f"{', '.join(self.model_names()) or 'none'}")
-        preset_name = message.preset or DEFAULT_PRESETS[task]
+        kind = model_kind(model)
+        if kind == "msldm" and task == "separate":
+            raise RequestError("bad-request", f"model {model!r} is an MSLDM latent prior: it generates and accompanies; "
+                                              "separation with a latent prior is not built (docs/msldm.md)")
+        preset_name = message.preset or (MSLDM_PRESETS[task] if kind == "msldm" else DEFAULT_PRESETS[task])
         if preset_name not in self.preset_names():
             raise RequestError("bad-request", f"unknown preset {preset_name!r}: one of {', '.join(self.preset_names())}")
         params = dict(message.params)
@@ -623,6 +642,8 @@ class Server:
         prior = params.get("prior") or self._default_model("accompany")
         if prior not in self.model_names():
             raise RequestError("bad-request", f"unknown prior {prior!r}: this server has {', '.join(self.model_names())}")
+        if model_kind(prior) == "msldm":
+            raise RequestError("bad-request", f"prior {prior!r} is an MSLDM latent prior: it cannot refine a separation")
         return {"preset": preset, "prior": prior}
 
     def _load_preset(self, name: str):

@@ -221,8 +221,10 @@ def evaluate_generation(
 ) -> list[GenerationReport]:
     """For each subset: generate it given the other stems of real windows (K, T) (all of them: total generation),
     and compare the resulting mixtures to the real ones by the Fréchet distance of log-mel frames."""
-    from stemweave.engine.tasks import accompany, generate
+    from stemweave.engine.latent.prior import waveform_task
 
+    # the waveform tasks for msdm / isdm priors; MSLDM's encode / sample latents / decode wrappers for a LatentPrior
+    generate, accompany = waveform_task(prior, "generate"), waveform_task(prior, "accompany")
     stems = tuple(prior.stems)
     real = log_mel_frames(windows.sum(1), rate)
     reports = []

@@ -2,8 +2,12 @@
 
 A shipped model is `engine/models/<name>.safetensors` + `<name>.json` (package
 data). `load_prior` turns an msdm or isdm model file into the engine's
-`JointPrior` / `IndependentPrior` over EDM denoisers; `load_separator` turns
-a regression model file into a `RegressionSeparator`.
+`JointPrior` / `IndependentPrior` over EDM denoisers, and an msldm model file
+(MSLDM: SourceVAE + latent prior, engine/latent/) into a `LatentPrior` that
+generates and accompanies on audio (it cannot separate); `load_separator`
+turns a regression model file into a `RegressionSeparator`.
+
+Kinds: msdm, isdm (waveform priors), msldm (latent prior), regression.
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ MODEL_DIR = Path(__file__).resolve().parent / "models"
 # The shipped defaults (README, "Shipped models"): separation's first answer, and the prior for the rest.
 DEFAULT_SEPARATOR = "separator-cpu-small"
 DEFAULT_PRIOR = "msdm-cpu-small"
+# The shipped MSLDM (issue 11); `--model msldm` names it.
+DEFAULT_MSLDM = "msldm-cpu-small"
+ALIASES = {"msldm": DEFAULT_MSLDM}
+KINDS = ("msdm", "isdm", "msldm", "regression")
+PRIOR_KINDS = ("msdm", "isdm", "msldm")
 
 
 def list_models(kind: str | None = None) -> list[str]:
-    """Names of the shipped models (optionally only one kind: msdm, isdm, regression)."""
+    """Names of the shipped models (optionally only one kind: msdm, isdm, msldm, regression)."""
     names = []
     for card_path in sorted(MODEL_DIR.glob("*.json")):
         if not card_path.with_suffix(".safetensors").exists():
@@ -41,7 +50,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     for candidate in (path, path.with_suffix(".json") if path.suffix != ".json" else path):
         if candidate.suffix in (".json", ".safetensors") and candidate.exists():
             return candidate.with_suffix(".json")
-    shipped = MODEL_DIR / f"{name_or_path}.json"
+    shipped = MODEL_DIR / f"{ALIASES.get(str(name_or_path), name_or_path)}.json"
     if shipped.exists():
         return shipped
     known = ", ".join(list_models()) or "none shipped yet"
@@ -97,8 +106,18 @@ def denoiser_of(net: nn.Module, card: dict[str, Any]) -> EDMDenoiser:
     return EDMDenoiser(net, sigma_data=card.get("sigma_data", 0.2), clamp=card.get("clamp", True)).eval()
 
 
-def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> JointPrior | IndependentPrior:
-    """An msdm model as a `JointPrior`, an isdm model as an `IndependentPrior`; the card is at `.card`."""
+def model_kind(name_or_path: str | Path) -> str | None:
+    """The kind on a model file's card (msdm, isdm, msldm, regression); ValueError for an unknown model."""
+    return read_card(resolve_model(name_or_path)).get("kind")
+
+
+def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu"):
+    """An msdm model as a `JointPrior`, an isdm model as an `IndependentPrior`, an msldm model as a `LatentPrior`
+    (with its SourceVAE; generate and accompany only); the card is at `.card`."""
+    if model_kind(name_or_path) == "msldm":
+        from stemweave.engine.latent.train import load_msldm
+
+        return load_msldm(resolve_model(name_or_path), device=device)
     model = _load(name_or_path, device)
     if model.kind == "msdm":
         prior = JointPrior(denoiser_of(model.net, model.card), model.stems)
@@ -113,6 +132,8 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
 
 def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu") -> RegressionSeparator:
     """A regression model file as a `RegressionSeparator` (eval mode)."""
+    if model_kind(name_or_path) == "msldm":
+        raise ValueError(f"{name_or_path} is an msldm latent prior, not a regression separator; load it with load_prior")
     model = _load(name_or_path, device)
     if model.kind != "regression":
         raise ValueError(f"{model.card['name']} is a {model.kind} prior, not a regression separator; load it with load_prior")
@@ -139,12 +160,18 @@ def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: 
 
 
 __all__ = [
+    "DEFAULT_MSLDM",
+    "DEFAULT_PRIOR",
+    "DEFAULT_SEPARATOR",
+    "KINDS",
     "MODEL_DIR",
+    "PRIOR_KINDS",
     "RegressionSeparator",
     "combine_isdm",
     "list_models",
     "load_prior",
     "load_separator",
+    "model_kind",
     "project_to_mixture",
     "resolve_model",
 ]

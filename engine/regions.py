@@ -34,6 +34,13 @@ second half (CONTINUATION_BLEND) is sampled again with the new window and
 cross-faded (sin^2) from the previous window's samples to the new ones,
 which hides the small jump that inpainting by replacement can leave where
 known samples meet sampled ones. Nothing is concatenated.
+MSLDM latent priors (`engine/latent`, kind msldm) take the same windows: a
+window's inpainting (`latent.prior.accompany_audio`) encodes the window's
+known samples with the SourceVAE, inpaints the unknown latent frames (a
+frame is known only if all its hop samples are), decodes, and puts the known
+samples back exactly; the window is the model's training window (the card's
+`window`: 128 latent frames, 40952 samples for cpu-small). Separation with a
+latent prior is refused (not built).
 Regenerating a time range is the same inpainting with the stem known outside
 the range; only the windows that cover the range (plus `overlap` samples of
 context on each side) are run, and at the region's rate the regenerated part
@@ -71,6 +78,7 @@ import soxr
 import torch
 
 from stemweave.engine import tasks
+from stemweave.engine.latent.prior import LatentPrior, waveform_task
 from stemweave.engine.refine import WarmStart
 from stemweave.engine.resample import check_rate, resample
 from stemweave.engine.sampler import Cancelled
@@ -176,6 +184,9 @@ def run_region(
     info = describe_model(model)
     if info.kind == "separator" and task != "separate":
         raise ValueError(f"a regression separator can only separate; {task} needs a diffusion prior")
+    if isinstance(model, LatentPrior) and task == "separate":
+        raise ValueError("an MSLDM latent prior generates and accompanies; separation with it is not built "
+                         "(docs/msldm.md): separate with a regression separator or an msdm prior")
     wanted = _check_stems(stems, info.stems)
     job = _Job(task, model, info, rate, preset, seed, _Progress(progress, cancel, task), on_partial,
                window_shape, report if report is not None else {})
@@ -537,7 +548,9 @@ class _Job:
     def _inpaint(self, known: np.ndarray, mask: np.ndarray, part: int, index: int) -> np.ndarray:
         """One window (K, window): sample the unknown samples given the known ones (tasks.accompany)."""
         generator = torch.Generator().manual_seed(_seed_for(self.seed, part, index))
-        x = tasks.accompany(
+        # tasks.accompany on waveform priors; MSLDM's encode / inpaint latents / decode wrapper on a LatentPrior
+        # (the same signature; a sample mask becomes a latent-frame mask, given samples come back exactly)
+        x = waveform_task(self.model, "accompany")(
             self.model,
             torch.from_numpy(np.ascontiguousarray(known))[None].to(self.info.device),
             torch.from_numpy(mask)[None].to(self.info.device),

@@ -24,6 +24,8 @@ from stemweave.engine.presets import load_preset
 from stemweave.engine.regions import run_region
 
 DEFAULT_PRESETS = {"separate": "separate-fast", "accompany": "accompany-fast", "generate": "generate"}
+# MSLDM's latent prior samples Karras(0.01, 3) (its training range), not MSDM's (1e-4, 20): its own defaults.
+MSLDM_PRESETS = {"accompany": "msldm-accompany-fast", "generate": "msldm-generate"}
 # The warm-start preset `stemweave separate` refines a regression separator's first answer with, by default;
 # None: the first answer is the answer (README, results: the refinement must measurably improve it first).
 DEFAULT_REFINE: str | None = None
@@ -84,6 +86,14 @@ def load_task_model(name: str | None, task: str, device: str | torch.device = "c
     """
     name = name or default_model(task)
     card = read_card(models.resolve_model(name))
+    if card.get("kind") == "msldm":
+        if task == "separate":
+            raise ValueError(f"model {name!r} is an MSLDM latent prior: it generates and accompanies, but separation "
+                             "with a latent prior is not built (docs/msldm.md); separate with "
+                             f"{models.DEFAULT_SEPARATOR} or an msdm prior")
+        if backend not in ("torch", "auto"):
+            raise ValueError(f"model {name!r} (msldm) runs on the torch backend only, not {backend}")
+        return models.load_prior(name, device=device), name
     if card.get("kind") == "regression":
         if task != "separate":
             raise ValueError(f"model {name!r} is a regression separator: it can only separate; "
@@ -97,7 +107,16 @@ def load_task_model(name: str | None, task: str, device: str | torch.device = "c
 
 
 def _priors() -> list[str]:
-    return models.list_models("msdm") + models.list_models("isdm")
+    return models.list_models("msdm") + models.list_models("isdm") + models.list_models("msldm")
+
+
+def default_preset(task: str, model=None) -> str:
+    """The preset a task uses when none is named: MSLDM's own for a latent prior (its sigma range), else
+    DEFAULT_PRESETS."""
+    card = getattr(model, "card", None) or {}
+    if card.get("kind") == "msldm" and task in MSLDM_PRESETS:
+        return MSLDM_PRESETS[task]
+    return DEFAULT_PRESETS[task]
 
 
 def _audio(source, rate: int | None) -> tuple[np.ndarray, int]:
@@ -109,8 +128,9 @@ def _audio(source, rate: int | None) -> tuple[np.ndarray, int]:
     return (audio[None] if audio.ndim == 1 else audio), int(rate)
 
 
-def _preset(task: str, preset, overrides: dict[str, Any]):
-    preset = load_preset(preset or DEFAULT_PRESETS[task]) if preset is None or isinstance(preset, str) else preset
+def _preset(task: str, preset, overrides: dict[str, Any], model=None):
+    if preset is None or isinstance(preset, str):
+        preset = load_preset(preset or default_preset(task, model))
     return preset.with_overrides(**overrides) if overrides else preset
 
 
@@ -135,7 +155,7 @@ def accompany(given: dict, *, generate=None, rate: int | None = None, model=None
         raise ValueError(f"the given stems have different sample rates {sorted(rates)}: resample them to one")
     if model is None or isinstance(model, str):
         model, _ = load_task_model(model, "accompany", resolve_device(device))
-    return run_region("accompany", model, None, rates.pop(), _preset("accompany", preset, overrides or {}),
+    return run_region("accompany", model, None, rates.pop(), _preset("accompany", preset, overrides or {}, model),
                       stems=generate, given=arrays, seed=seed, **kwargs)
 
 
@@ -145,5 +165,5 @@ def generate(*, seconds: float | None = None, rate: int | None = None, stems=Non
     if model is None or isinstance(model, str):
         model, _ = load_task_model(model, "generate", resolve_device(device))
     rate = rate or getattr(model, "rate", None) or (getattr(model, "card", None) or {}).get("rate")
-    return run_region("generate", model, None, rate, _preset("generate", preset, overrides or {}), stems=stems,
+    return run_region("generate", model, None, rate, _preset("generate", preset, overrides or {}, model), stems=stems,
                       seconds=seconds, seed=seed, **kwargs)

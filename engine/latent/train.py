@@ -153,6 +153,19 @@ def _single_stems(batch: torch.Tensor, limit: int) -> torch.Tensor:
     return chosen[:limit, None]
 
 
+def init_posterior_logvar(vae: SourceVAE, value: float) -> None:
+    """Start the posterior log-variance near `value` (the bias of the encoder's log-variance channels).
+
+    With the default initialisation the encoder's means are ~0.01 and its log-variances ~0, so the sampled latents
+    are almost pure unit noise: on CPU (cpu-small, KL weight 1 with warm-up) the decoder learned to ignore them
+    within 80 steps (KL 1e-4, posterior collapse). A small starting variance (e.g. exp(-6)) lets the latents carry
+    the signal from the first step; the KL term then pulls the variance up only as far as reconstruction allows.
+    """
+    last = vae.encoder.block[-1]
+    with torch.no_grad():
+        last.bias[vae.latent_dim :] = value
+
+
 def vae_loss(vae: SourceVAE, audio: torch.Tensor, losses: LossConfig, generator: torch.Generator | None = None,
              kl_factor: float = 1.0):
     """(total, terms, reconstruction) for single-stem audio (B, 1, N); no adversarial terms. `kl_factor` scales
@@ -207,6 +220,8 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
 
     torch.manual_seed(settings.seed)
     vae = SourceVAE(config["vae"]).to(device)
+    if hp.get("logvar_init") is not None:
+        init_posterior_logvar(vae, float(hp["logvar_init"]))
     betas = tuple(hp.get("betas", (0.8, 0.99)))
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=betas)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, hp.get("lr_gamma", 1.0))
@@ -342,8 +357,10 @@ def encode_long(vae: SourceVAE, audio: torch.Tensor, chunk_frames: int = 256, co
 
 
 def encode_dataset(vae: SourceVAE | str | Path, data: str | Path | Sequence, out: str | Path,
-                   stems: Sequence[str] = STEMS, log=print, limit: int | None = None) -> Path:
-    """Encode every track under `data` once: `<out>/<track>.npy` (K, C, frames) float16 and `<out>/latents.json`."""
+                   stems: Sequence[str] = STEMS, log=print, limit: int | None = None,
+                   seconds: float | None = None) -> Path:
+    """Encode every track under `data` once: `<out>/<track>.npy` (K, C, frames) float16 and `<out>/latents.json`.
+    `limit`: only the first N tracks; `seconds`: only the first S seconds of each (CPU budgets)."""
     from stemweave.engine.data.datasets import _as_roots, list_tracks, read_window
 
     vae_name = str(vae) if not isinstance(vae, SourceVAE) else getattr(vae, "card", {}).get("name", "in-memory")
@@ -356,7 +373,9 @@ def encode_dataset(vae: SourceVAE | str | Path, data: str | Path | Sequence, out
     index, total, square, count = {}, 0.0, 0.0, 0
     began = time.time()
     for i, track in enumerate(tracks):
-        audio = torch.from_numpy(read_window(track, 0, track.length_at(vae.rate), stems, vae.rate))  # (K, N)
+        length = track.length_at(vae.rate) if seconds is None else min(track.length_at(vae.rate),
+                                                                         int(seconds * vae.rate))
+        audio = torch.from_numpy(read_window(track, 0, length, stems, vae.rate))  # (K, N)
         z = torch.stack([encode_long(vae, a) for a in audio])  # (K, C, T)
         file = out / f"{track.name.replace('/', '__')}.npy"
         np.save(file, z.numpy().astype(np.float16))
@@ -366,7 +385,7 @@ def encode_dataset(vae: SourceVAE | str | Path, data: str | Path | Sequence, out
     mean = total / count
     manifest = {"vae": vae_name, "vae_sha256": getattr(vae, "card", {}).get("sha256"),
                 "vae_config": vae.config.to_dict(), "rate": vae.rate, "hop": vae.hop, "latent_dim": vae.latent_dim,
-                "stems": list(stems), "tracks": index, "mean": mean, "std": math.sqrt(max(square / count - mean**2, 0.0))}
+                "stems": list(stems), "seconds_per_track": seconds, "tracks": index, "mean": mean, "std": math.sqrt(max(square / count - mean**2, 0.0))}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out / MANIFEST
 
@@ -567,26 +586,41 @@ def export_msldm(run_dir: str | Path, vae: str | Path, name: str, out_dir: str |
         raise ValueError(f"the VAE {vae} has another config than the prior run's ({config.get('name')})")
     if manifest.get("vae_sha256") and manifest["vae_sha256"] != vae_model.card.get("sha256"):
         raise ValueError(f"the prior was trained on latents of another VAE ({manifest.get('vae')}), not {vae}")
-    tensors = {f"vae.{k}": v for k, v in vae_model.state_dict().items()}
-    tensors.update({f"unet.{k[len('net.'):]}": v for k, v in state["ema"].items() if k.startswith("net.")})
-    frames = config.get("prior", {}).get("window_frames", 128)
-    card = {"kind": "msldm", "stems": state["stems"], "rate": vae_model.rate, "hop": vae_model.hop,
-            "latent_dim": vae_model.latent_dim, "window_frames": frames, "window": vae_model.samples_for(frames),
-            "sigma_data": config.get("prior", {}).get("sigma_data", 0.4), "clamp": False,
-            "latent_scale": config.get("prior", {}).get("latent_scale", 1.0),
-            "config": {"name": config.get("name"), "vae": vae_model.config.to_dict(), "unet": state["unet"],
-                       "prior": config.get("prior", {})},
-            "parameters": {"vae": count_parameters(vae_model), "unet": sum(v.numel() for k, v in tensors.items()
-                                                                          if k.startswith("unet."))},
-            "training": {"steps": state["step"], "train_seconds": round(state["seconds"], 1), "vae": str(vae),
-                         "vae_training": vae_model.card.get("training", {}), "weights": "ema",
-                         "latents": state["settings"].get("latents")},
-            "metrics": {"validation": state.get("last_validation") or {}, "vae": vae_model.card.get("metrics", {}),
-                        **(metrics or {})}}
+    net = UNet1d(state["unet"])
+    net.load_state_dict({k[len("net."):]: v for k, v in state["ema"].items() if k.startswith("net.")}, strict=True)
+    prior = config.get("prior", {})
+    training = {"steps": state["step"], "train_seconds": round(state["seconds"], 1), "vae": str(vae),
+                "vae_training": vae_model.card.get("training", {}), "weights": "ema",
+                "latents": state["settings"].get("latents")}
+    metrics = {"validation": state.get("last_validation") or {}, "vae": vae_model.card.get("metrics", {}),
+               **(metrics or {})}
+    return save_msldm(vae_model, net, state["stems"], out_dir, name, sigma_data=prior.get("sigma_data", 0.4),
+                      latent_scale=prior.get("latent_scale", 1.0), window_frames=prior.get("window_frames", 128),
+                      config_name=config.get("name"), prior_config=prior, training=training, metrics=metrics, fp16=fp16)
+
+
+def save_msldm(vae: SourceVAE, net: UNet1d, stems: Sequence[str], out_dir: str | Path, name: str, *,
+               sigma_data: float = 0.4, latent_scale: float = 1.0, window_frames: int = 128,
+               config_name: str | None = None, prior_config: dict | None = None, training: dict | None = None,
+               metrics: dict | None = None, fp16: bool = False) -> tuple[Path, Path]:
+    """One "msldm" model file: the SourceVAE (`vae.*`) and the latent prior's U-Net (`unet.*`), with its card.
+
+    The card's `window` (samples of `window_frames` latent frames) is the region layer's window for this model."""
+    if net.in_channels != len(stems) * vae.latent_dim:
+        raise ValueError(f"the U-Net takes {net.in_channels} channels, not K * C = {len(stems)} x {vae.latent_dim}")
+    tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()}
+    tensors.update({f"unet.{k}": v for k, v in net.state_dict().items()})
+    card = {"kind": "msldm", "stems": list(stems), "rate": vae.rate, "hop": vae.hop,
+            "latent_dim": vae.latent_dim, "window_frames": int(window_frames), "window": vae.samples_for(window_frames),
+            "sigma_data": float(sigma_data), "clamp": False, "latent_scale": float(latent_scale),
+            "config": {"name": config_name, "vae": vae.config.to_dict(), "unet": net.config.to_dict(),
+                       "prior": dict(prior_config or {})},
+            "parameters": {"vae": count_parameters(vae), "unet": count_parameters(net)},
+            "training": dict(training or {}), "metrics": dict(metrics or {})}
     return _write_model_file(out_dir, name, tensors, card, fp16)
 
 
 __all__ = [
     "LatentChunks", "PriorTrainSettings", "VAETrainSettings", "encode_dataset", "encode_long", "export_msldm",
-    "export_vae", "load_msldm", "load_vae", "save_vae", "train_prior", "train_vae", "validate_vae",
+    "export_vae", "load_msldm", "load_vae", "save_msldm", "save_vae", "train_prior", "train_vae", "validate_vae",
 ]

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                         "(and generate all of them), scoring the mixtures by a Fréchet distance on log-mel frames "
                         "and the share of silent generated stems (MSDM Table 2's protocol)")
     parser.add_argument("--windows", type=int, default=16, help="--generation: how many test windows (default 16)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="--generation: window length in samples (default: the first msdm/isdm model's window; "
+                        "msldm models generate any length)")
     parser.add_argument("--examples", help="--generation: write the generated clips here as WAV files to listen to")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.set_defaults(run=run)
@@ -75,11 +78,22 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"evaluate{' --generation' if args.generation else ''} takes {wanted_task} presets only")
     first = next(iter(cards.values()), {"rate": 22050, "window": 32768, "stems": ["bass", "drums", "guitar", "piano"]})
     rate, window, stems = first["rate"], first["window"], tuple(first["stems"])
+    if args.window and not args.generation:
+        raise UserError("--window goes with --generation (separation uses each model's own window)")
+    if args.generation:
+        # an msldm model generates any length (its U-Net is convolutional): every model gets the same windows,
+        # --window or the first waveform prior's window (else the first model's)
+        waveform = [c for c in cards.values() if c.get("kind") != "msldm"]
+        window = args.window or (waveform[0] if waveform else first)["window"]
     for name, card in cards.items():
-        if (card["rate"], card["window"], tuple(card["stems"])) != (rate, window, stems):
+        if card.get("kind") == "msldm" and not args.generation:
+            raise UserError(f"model {name} is an MSLDM latent prior: separation with it is not built; "
+                            "evaluate its generation with --generation")
+        own_window = card["window"] == window or card.get("kind") == "msldm" or (args.generation and args.window)
+        if (card["rate"], tuple(card["stems"])) != (rate, stems) or not own_window:
             raise UserError(f"model {name} has another rate, window or stems than {next(iter(cards))}; evaluate them separately")
     if args.generation:
-        return run_generation(args, cards, presets[0], rate, window, stems)
+        return run_generation(args, cards, presets if args.preset else None, rate, window, stems)
     try:
         tracks = ev.test_tracks(args.data, window, stems, rate, args.tracks, args.seconds)
     except (ValueError, OSError) as error:
@@ -115,17 +129,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_generation(args, cards, preset, rate, window, stems) -> int:
-    """Score accompaniment of every subset and total generation for each prior given with --model."""
+def run_generation(args, cards, presets, rate, window, stems) -> int:
+    """Score accompaniment of every subset and total generation for each prior given with --model.
+
+    presets: the --preset list (its first for every model), or None: accompany-fast for waveform priors and
+    msldm-accompany-fast (the same 64 steps and churn on MSLDM's sigma range) for msldm models."""
     import numpy as np
 
     from stemweave.engine import evaluate as ev
     from stemweave.engine.data.datasets import fixed_windows
-    from stemweave.engine.models import load_prior
+    from stemweave.engine.models import PRIOR_KINDS, load_prior
+    from stemweave.engine.presets import load_preset
 
-    priors = [name for name, card in cards.items() if card["kind"] in ("msdm", "isdm")]
+    priors = [name for name, card in cards.items() if card["kind"] in PRIOR_KINDS]
     if not priors:
-        raise UserError("--generation needs a prior: pass --model with an msdm or isdm model")
+        raise UserError("--generation needs a prior: pass --model with an msdm, isdm or msldm model")
     try:
         windows = [w for _, _, w in fixed_windows(args.data, window, stems=stems, rate=rate)]
     except (ValueError, OSError) as error:
@@ -134,8 +152,13 @@ def run_generation(args, cards, preset, rate, window, stems) -> int:
         raise UserError(f"no test windows under {args.data}")
     step = max(1, len(windows) // args.windows)
     windows = np.stack(windows[::step][: args.windows])
-    results = {}
+    results, used = {}, {}
     for name in priors:
+        if presets:
+            preset = presets[0]
+        else:
+            preset = load_preset("msldm-accompany-fast" if cards[name]["kind"] == "msldm" else "accompany-fast")
+        used[name] = preset.name
         keep = _example_writer(args.examples, name, rate, stems) if args.examples else None
         print(f"evaluating generation with {name} ({preset.name}) on {len(windows)} windows...", file=sys.stderr)
         reports = ev.evaluate_generation(load_prior(name), windows, preset, rate, ev.generation_subsets(stems),
@@ -146,7 +169,7 @@ def run_generation(args, cards, preset, rate, window, stems) -> int:
             silent = ", ".join(f"{s} {v:.0%}" for s, v in r.silent.items())
             print(f"| {'+'.join(s[0].upper() for s in r.generated)} | {r.frechet:.2f} | {silent} | {r.seconds / r.clips:.2f} |")
     if args.json:
-        meta = {"data": args.data, "windows": len(windows), "preset": preset.name, "machine": machine(),
+        meta = {"data": args.data, "windows": len(windows), "window": int(window), "presets": used, "machine": machine(),
                 "command": " ".join(sys.argv)}
         from pathlib import Path
 

@@ -38,8 +38,22 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder: <track>.npy + latents.json")
     p.add_argument("--stems", default=STEMS)
     p.add_argument("--limit", type=int, default=None, help="only the first N tracks")
+    p.add_argument("--seconds", type=float, default=None, help="only the first S seconds of each track")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(run=run_vae_encode)
+
+    p = vae_sub.add_parser("evaluate", help="reconstruction on a test split: SI-SDR and mel distance per stem")
+    p.add_argument("--vae", required=True, help="a 'vae' model file or shipped name (or an 'msldm' one: its VAE)")
+    p.add_argument("--data", type=Path, default=Path("data/test"), help="test split folder (default data/test)")
+    p.add_argument("--stems", default=STEMS)
+    p.add_argument("--tracks", type=int, default=None, help="only the first N tracks")
+    p.add_argument("--seconds", type=float, default=12.0, help="the first S seconds of each track (default 12)")
+    p.add_argument("--examples", type=Path, default=None,
+                   help="write original / reconstructed WAVs of the first --example-tracks tracks here")
+    p.add_argument("--example-tracks", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(run=run_vae_evaluate)
 
     p = vae_sub.add_parser("import-dac", help="convert a DAC-format SourceVAE checkpoint to a 'vae' model file")
     p.add_argument("checkpoint", type=Path, help=".pth / .ckpt (read without running pickled code) or .safetensors")
@@ -65,6 +79,7 @@ def register(subparsers) -> None:
                    help="write the EMA prior + the --vae as one 'msldm' model file (--steps 0: export only)")
     p.add_argument("--vae", default=None, help="the 'vae' model file the latents were encoded with (for --export-model)")
     p.add_argument("--export-dir", type=Path, default=None)
+    p.add_argument("--fp16", action="store_true", help="write the exported weights in float16 (half the size)")
     p.set_defaults(run=run_latent_train)
 
     for task in ("generate", "accompany"):
@@ -141,10 +156,42 @@ def run_vae_encode(args) -> int:
     if not args.data.is_dir():
         raise UserError(f"data folder {args.data} does not exist")
     try:
-        manifest = encode_dataset(args.vae, args.data, args.out, stems=_stems(args.stems), limit=args.limit)
+        if (args.limit is not None and args.limit < 1) or (args.seconds is not None and args.seconds <= 0):
+            raise ValueError("--limit and --seconds must be positive")
+        manifest = encode_dataset(args.vae, args.data, args.out, stems=_stems(args.stems), limit=args.limit,
+                                  seconds=args.seconds)
     except (ValueError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
     print(f"latents in {manifest.parent} ({manifest.name})")
+    return 0
+
+
+def run_vae_evaluate(args) -> int:
+    import json
+    import sys
+
+    import torch
+
+    from stemweave.engine.latent.evaluate import evaluate_reconstruction, format_table
+    from stemweave.engine.latent.train import load_vae
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.data.is_dir():
+        raise UserError(f"data folder {args.data} does not exist")
+    if args.tracks is not None and args.tracks < 1 or args.seconds is not None and args.seconds <= 0:
+        raise UserError("--tracks and --seconds must be positive")
+    stems = _stems(args.stems)
+    try:
+        vae = load_vae(args.vae)
+        report = evaluate_reconstruction(vae, args.data, stems, args.tracks, args.seconds, examples=args.examples,
+                                         example_tracks=args.example_tracks, log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    print(format_table(report, stems))
+    if args.json:
+        report = {"vae": str(args.vae), "data": str(args.data), "command": " ".join(sys.argv), **report}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -180,7 +227,7 @@ def run_latent_train(args) -> int:
             print(f"stopped at step {summary['step']} (loss {summary['loss']:.4f}); checkpoint {summary['checkpoint']}")
         if args.export_model:
             kwargs = {"out_dir": args.export_dir} if args.export_dir else {}
-            weights, card = export_msldm(args.run_dir, args.vae, args.export_model, **kwargs)
+            weights, card = export_msldm(args.run_dir, args.vae, args.export_model, fp16=args.fp16, **kwargs)
             print(f"exported the MSLDM model: {weights} + {card.name}")
     except (ValueError, FileNotFoundError) as error:
         raise UserError(str(error)) from error

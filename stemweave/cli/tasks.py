@@ -72,8 +72,10 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("-o", "--out", type=Path, default=Path("separated" if task == "separate" else "generated"),
                    help="output folder (created if missing; default ./%(default)s)")
     p.add_argument("--model", default=None, help="a shipped model name or a model file path (default: the shipped "
-                   + ("regression separator, else prior)" if task == "separate" else "prior)"))
-    p.add_argument("--preset", default=None, help="a preset name or .toml path (default: the task's fast preset)")
+                   + ("regression separator, else prior)" if task == "separate" else
+                      "prior; msldm-... or 'msldm' for the latent model MSLDM)"))
+    p.add_argument("--preset", default=None, help="a preset name or .toml path (default: the task's fast preset; "
+                   "msldm models: msldm-generate / msldm-accompany-fast)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--backend", choices=("torch", "onnx", "torchscript", "auto"), default="torch",
                    help="where a prior's network runs (default torch; onnx: ONNX Runtime, exported once into a "
@@ -335,12 +337,15 @@ def _setup(args, task: str):
         torch.set_num_threads(args.threads)
     try:
         device = api.resolve_device(args.device)
-        preset = load_preset(args.preset or api.DEFAULT_PRESETS[task])
+        if args.preset:
+            preset = load_preset(args.preset)  # a bad preset is reported before any model loads
+        model, name = api.load_task_model(args.model, task, device, args.backend, args.threads)
+        if not args.preset:  # the task's default for this kind of model (MSLDM has its own sigma range)
+            preset = load_preset(api.default_preset(task, model))
         if preset.task != task:
             raise ValueError(f"preset {preset.name!r} is for {preset.task}, not {task}")
         overrides = {k: getattr(args, k) for k in ("steps", "sigma_min", "sigma_max", "rho", "s_churn", "resamples")}
         preset = preset.with_overrides(**overrides)
-        model, name = api.load_task_model(args.model, task, device, args.backend, args.threads)
     except (ValueError, TypeError) as error:
         raise UserError(str(error)) from None
     return model, name, device, preset
