@@ -226,3 +226,37 @@ def test_vae_evaluate_scores_each_stem_and_writes_listening_examples(tmp_path):
     assert written == sorted(f"Track00000_{s}_{kind}.wav" for s in STEMS for kind in ("original", "reconstructed"))
     assert main(["vae", "evaluate", "--vae", str(tmp_path / "models" / "vae-tiny.json"), "--data",
                  str(tmp_path / "missing")]) != 0
+
+
+def test_the_waveform_loss_term_is_an_l1_on_samples_when_weighted():
+    from stemweave.engine.latent.train import vae_loss
+    from stemweave.engine.latent.vae import LossConfig
+
+    torch.manual_seed(0)
+    vae = SourceVAE(TINY_VAE)
+    audio = 0.1 * torch.randn(2, 1, vae.samples_for(8))
+    _, plain, _ = vae_loss(vae, audio, LossConfig(kl=0.0), torch.Generator().manual_seed(1))
+    total, terms, recon = vae_loss(vae, audio, LossConfig(kl=0.0, waveform=10.0), torch.Generator().manual_seed(1))
+    assert "waveform" not in plain
+    torch.testing.assert_close(terms["waveform"], (recon[:, 0] - audio[:, 0]).abs().mean())
+    torch.testing.assert_close(total, 15.0 * terms["mel"] + terms["stft"] + 10.0 * terms["waveform"])
+
+
+def test_encode_takes_the_first_seconds_of_the_first_tracks(tmp_path):
+    from stemweave.cli import main
+    from stemweave.engine.latent.train import save_vae
+
+    save_vae(SourceVAE(TINY_VAE), tmp_path / "models", "vae-tiny")
+    data = tmp_path / "train"
+    for t in range(3):
+        (data / f"Track{t:05d}").mkdir(parents=True)
+        for stem in STEMS:
+            _write(data / f"Track{t:05d}" / f"{stem}.wav", 0.1 * np.ones((1, 22050)), RATE)
+    vae = str(tmp_path / "models" / "vae-tiny.json")
+    assert main(["vae", "encode", "--vae", vae, "--data", str(data), "--out", str(tmp_path / "lat"), "--limit", "2",
+                 "--seconds", "0.5", "--threads", "1"]) == 0
+    manifest = json.loads((tmp_path / "lat" / "latents.json").read_text())
+    assert len(manifest["tracks"]) == 2 and manifest["seconds_per_track"] == 0.5
+    assert all(t["frames"] == SourceVAE(TINY_VAE).frames_for(11025) for t in manifest["tracks"].values())
+    assert main(["vae", "encode", "--vae", vae, "--data", str(data), "--out", str(tmp_path / "x"), "--seconds",
+                 "0"]) != 0

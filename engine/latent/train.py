@@ -175,7 +175,10 @@ def vae_loss(vae: SourceVAE, audio: torch.Tensor, losses: LossConfig, generator:
     terms = {"mel": multiscale_mel_loss(estimate, target, vae.rate, losses), "kl": out["kl"].mean()}
     if losses.stft:
         terms["stft"] = multiresolution_stft_loss(estimate, target, losses)
+    if losses.waveform:
+        terms["waveform"] = (estimate - target).abs().mean()
     total = losses.mel * terms["mel"] + kl_factor * losses.kl * terms["kl"] + losses.stft * terms.get("stft", 0.0)
+    total = total + losses.waveform * terms.get("waveform", 0.0)
     return total, terms, out["audio"]
 
 

@@ -474,6 +474,7 @@ class LossConfig:
 
     mel: float = 15.0
     stft: float = 1.0  # multi-resolution STFT (log + linear magnitude); the reference's mag weight is 0
+    waveform: float = 0.0  # L1 on the samples (not in the reference; CPU configs use it to learn phase sooner)
     kl: float = 10.0
     features: float = 2.0
     adversarial: float = 1.0
