@@ -1,21 +1,34 @@
 // Stemweave VST3 (JUCE 7): the same stub as the LV2 build, for DAWs without LV2 (Ableton, FL Studio, Cubase).
 // The audio thread only copies and swaps pointers; the server link (../common/sw_link.c) owns the socket on its
-// own thread. The host's play head gives the timeline position, so captures and stems sit on the host timeline.
+// own thread. The host's play head gives the timeline position, so captures and stems sit on the host timeline,
+// and its musical position (PPQ, time signature, tempo) lets loop mode play the server's live loop bar for bar.
+// The state keeps the returned stems and the last complete capture (../common/sw_state.h).
 #include <juce_audio_processors/juce_audio_processors.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <memory>
+#include <thread>
 #include <vector>
 
 extern "C" {
 #include "../common/sw_link.h"
+#include "../common/sw_loop.h"
 #include "../common/sw_state.h"
 }
 
 namespace
 {
 constexpr double maxCaptureSeconds = 120.0;
+constexpr double firstLoopWaitSeconds = 10.0;  // an offline render waits this long for the server's loop
 const juce::StringArray slotNames{"bass", "drums", "guitar", "piano"};
+
+struct CaptureDeleter
+{
+    void operator()(SwCapture* capture) const { sw_capture_free(capture); }
+};
+using CapturePtr = std::unique_ptr<SwCapture, CaptureDeleter>;
 }  // namespace
 
 class StemweaveProcessor final : public juce::AudioProcessor
@@ -41,6 +54,8 @@ public:
             addParameter(gains[s] = new juce::AudioParameterFloat({juce::String("gain_") + slotNames[s], 1},
                                                                   slotNames[s] + " gain", 0.0f, 2.0f, 1.0f));
         addParameter(loop = new juce::AudioParameterBool({"loop", 1}, "Loop result", false));
+        addParameter(loopMode = new juce::AudioParameterBool({"loop_mode", 1}, "Loop mode", false));
+        sw_loop_player_init(&loops);
         link = sw_link_new(nullptr, "stemweave-vst3");
     }
 
@@ -49,6 +64,8 @@ public:
         sw_link_free(link);  // joins the link thread: nothing reads the capture buffers after this
         sw_stems_free(stems);
         sw_stems_free(restored.exchange(nullptr));
+        sw_loop_free(loops.current);
+        sw_loop_free(loops.pending);
     }
 
     const juce::String getName() const override { return "Stemweave"; }
@@ -78,7 +95,10 @@ public:
             for (auto& channel : buffer.data)
                 if (channel.size() != frames) channel.assign(frames, 0.0f);  // not on the audio thread
         ownFrame = 0;
+        clock.valid = 0;
         setLatencySamples(0);  // audio is never delayed: stems are placed on the timeline
+        const juce::ScopedLock lock(getCallbackLock());
+        adoptRestoredCapture();  // a state set before the buffers existed, or at another rate
     }
 
     void releaseResources() override {}
@@ -105,20 +125,27 @@ public:
         // the host timeline: the play head when the host has one, else our own frame count
         int64_t frame = ownFrame;
         bool rolling = true;
+        juce::Optional<juce::AudioPlayHead::PositionInfo> info;
         if (auto* head = getPlayHead())
-            if (auto position = head->getPosition())
+            if ((info = head->getPosition()))
             {
-                if (auto samples = position->getTimeInSamples()) frame = *samples;
-                rolling = position->getIsPlaying();
+                if (auto samples = info->getTimeInSamples()) frame = *samples;
+                rolling = info->getIsPlaying();
             }
         if (!rolling && isNonRealtime())
         {
             // An offline host whose transport does not run (pedalboard, command-line renderers) processes a file
-            // start to end: our own frame count is its timeline.
+            // start to end: our own frame count is its timeline, and loop mode keeps the loop's own bars.
             frame = ownFrame;
             rolling = true;
+            clock.valid = 0;
         }
+        else if (info)
+            readMusicalPosition(*info, frame);
+        else
+            clock.valid = 0;
         readControls();
+        updateLoop();
 
         const int n = audio.getNumSamples();
         const int channels = audio.getNumChannels();
@@ -187,6 +214,12 @@ public:
             left[i] = outL;
             if (channels > 1) right[i] = outR;
         }
+        if (loopOn)  // loop mode: the server's live loop on top, bar for bar with the host
+        {
+            float* const out[2] = {left, channels > 1 ? right : nullptr};
+            if (auto* old = sw_loop_player_render(&loops, &clock, frame, rolling ? 1 : 0, out, (uint32_t)n))
+                sw_link_retire_loop(link, old);
+        }
         expected = rolling ? frame + n : frame;
         if (rolling) ownFrame = frame + n;
     }
@@ -194,14 +227,40 @@ public:
     void getStateInformation(juce::MemoryBlock& dest) override
     {
         const SwStems* st = stems;  // retired stems are freed by the link only after a grace period
-        if (!st) return;
-        dest.setSize(sw_state_size(st));
-        sw_state_to_memory(st, dest.getData(), dest.getSize());
+        CapturePtr saved = copyCapture();
+        SwCaptureView view{};
+        if (saved)
+        {
+            view.channels = saved->channels;
+            view.rate = saved->rate;
+            view.frames = saved->frames;
+            view.position = saved->position;
+            view.channel[0] = saved->data;
+            view.channel[1] = saved->channels > 1 ? saved->data + saved->frames : nullptr;
+        }
+        const size_t size = sw_state_size(st, saved ? &view : nullptr);
+        if (size == 0) return;
+        dest.setSize(size);
+        if (sw_state_to_memory(st, saved ? &view : nullptr, dest.getData(), size) != size) dest.reset();
     }
 
     void setStateInformation(const void* data, int size) override
     {
-        if (auto* st = sw_state_from_memory(data, (size_t)size)) sw_stems_free(restored.exchange(st));
+        SwStems* st = nullptr;
+        SwCapture* raw = nullptr;
+        if (size <= 0 || sw_state_from_memory(data, (size_t)size, &st, &raw) != 0)
+        {
+            DBG("Stemweave: the state is not a Stemweave state: ignored");
+            return;
+        }
+        CapturePtr saved(raw);
+        if (st) sw_stems_free(restored.exchange(st));
+        if (!saved) return;
+        // The capture buffers belong to the audio thread: write them with processing held off (the callback
+        // lock); before prepareToPlay has made them at the capture's rate, keep the capture until it has.
+        const juce::ScopedLock lock(getCallbackLock());
+        restoredCapture = std::move(saved);
+        adoptRestoredCapture();
     }
 
 private:
@@ -210,6 +269,151 @@ private:
         std::vector<float> data[2];
         uint64_t seq = 0;
     };
+
+    /// The musical position for loop mode: bar, beat and tempo in quarter notes from the play head.
+    void readMusicalPosition(const juce::AudioPlayHead::PositionInfo& position, int64_t frame)
+    {
+        const auto bpm = position.getBpm();
+        const auto ppq = position.getPpqPosition();
+        const auto signature = position.getTimeSignature();
+        if (!bpm || !ppq || !signature || *bpm <= 0.0 || signature->numerator < 1 || signature->denominator < 1)
+        {
+            clock.valid = 0;  // no musical position: the loop keeps its own bars
+            return;
+        }
+        const double quartersPerBar = signature->numerator * 4.0 / signature->denominator;
+        double bar, beat;
+        const auto barStart = position.getPpqPositionOfLastBarStart();
+        const auto barCount = position.getBarCount();
+        if (barStart && barCount && *ppq >= *barStart)
+        {
+            bar = (double)*barCount;
+            beat = *ppq - *barStart;
+        }
+        else  // a constant meter from the start
+        {
+            bar = std::floor(*ppq / quartersPerBar);
+            beat = *ppq - bar * quartersPerBar;
+        }
+        if (sw_bar_clock_update(&clock, frame, bar, juce::jlimit(0.0, quartersPerBar, beat), quartersPerBar,
+                                rate * 60.0 / *bpm) != 0)
+            clock.valid = 0;
+    }
+
+    void offerLoop(SwLoop* fresh)
+    {
+        if (fresh) sw_link_retire_loop(link, sw_loop_player_offer(&loops, fresh));
+    }
+
+    /// Loop mode, once per block: tell the link, take a newer loop; an offline render waits for its first loop.
+    void updateLoop()
+    {
+        if (!link) return;
+        const bool on = *loopMode;
+        if (on != loopOn)
+        {
+            if (!on)
+            {
+                sw_link_retire_loop(link, loops.current);
+                sw_link_retire_loop(link, loops.pending);
+                sw_loop_player_init(&loops);
+            }
+            loopOn = on;
+            loopWaited = false;
+        }
+        sw_link_loop_enable(link, on ? 1 : 0, (int)std::lround(rate));
+        if (!on) return;
+        offerLoop(sw_link_take_loop(link));
+        if (isNonRealtime() && !loops.current && !loops.pending && !loopWaited)
+        {
+            loopWaited = true;  // offline: no deadline, so start the render in the loop
+            sw_link_wait_loop(link, firstLoopWaitSeconds);
+            offerLoop(sw_link_take_loop(link));
+        }
+    }
+
+    /// Publish what getStateInformation (another thread) sees as the last complete capture: a sequence lock.
+    void publishCapture(int buffer, int64_t frames, int64_t position, bool isMono)
+    {
+        savedSeq.fetch_add(1, std::memory_order_relaxed);  // odd: changing
+        std::atomic_thread_fence(std::memory_order_release);
+        savedBuffer.store(buffer, std::memory_order_relaxed);
+        savedFrames.store(frames, std::memory_order_relaxed);
+        savedPosition.store(position, std::memory_order_relaxed);
+        savedMono.store(isMono, std::memory_order_relaxed);
+        savedSeq.fetch_add(1, std::memory_order_release);  // even: stable
+    }
+
+    /// A consistent copy of the last complete capture, or null.
+    CapturePtr copyCapture() const
+    {
+        for (int attempt = 0; attempt < 20; ++attempt)
+        {
+            const unsigned before = savedSeq.load(std::memory_order_acquire);
+            if (before & 1u)
+            {
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                continue;
+            }
+            const int b = savedBuffer.load(std::memory_order_relaxed);
+            const int64_t frames = savedFrames.load(std::memory_order_relaxed);
+            if (b < 0 || b > 1 || frames < 1 || (size_t)frames > buffers[b].data[0].size()) return nullptr;
+            const int channelCount = savedMono.load(std::memory_order_relaxed) ? 1 : 2;
+            CapturePtr copy((SwCapture*)calloc(1, sizeof(SwCapture)));
+            if (!copy) return nullptr;
+            copy->data = (float*)malloc((size_t)channelCount * (size_t)frames * sizeof(float));
+            if (!copy->data) return nullptr;
+            copy->channels = channelCount;
+            copy->rate = (int)std::lround(rate);
+            copy->frames = frames;
+            copy->position = savedPosition.load(std::memory_order_relaxed);
+            for (int ch = 0; ch < channelCount; ++ch)
+                std::copy(buffers[b].data[ch].begin(), buffers[b].data[ch].begin() + frames,
+                          copy->data + (size_t)ch * (size_t)frames);
+            std::atomic_thread_fence(std::memory_order_acquire);
+            if (savedSeq.load(std::memory_order_relaxed) == before) return copy;
+        }
+        return nullptr;
+    }
+
+    /// Make the restored capture the complete capture once the buffers exist at its rate (under the callback lock).
+    void adoptRestoredCapture()
+    {
+        if (!restoredCapture || buffers[0].data[0].empty() || restoredCapture->rate != (int)std::lround(rate))
+            return;  // not yet: prepareToPlay at the capture's rate adopts it
+        adoptCapture(*restoredCapture);
+        restoredCapture.reset();
+    }
+
+    void adoptCapture(const SwCapture& c)
+    {
+        if ((size_t)c.frames > buffers[0].data[0].size())
+        {
+            DBG("Stemweave: the saved capture is longer than the capture buffer: not restored");
+            return;
+        }
+        int b = -1;
+        for (int wait = 0; wait < 200 && b < 0; ++wait)  // a job in flight may still be sending one buffer
+        {
+            for (int k = 1; k <= 2 && b < 0; ++k)
+                if (bufferFree((current + k) % 2)) b = (current + k) % 2;
+            if (b < 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        if (b < 0) return;
+        std::copy(c.data, c.data + c.frames, buffers[b].data[0].begin());
+        const float* second = c.channels > 1 ? c.data + c.frames : c.data;
+        std::copy(second, second + c.frames, buffers[b].data[1].begin());
+        buffers[b].seq = 0;
+        current = b;
+        capturing = armed = false;
+        complete = true;
+        mono = c.channels == 1;
+        capStart = c.position;
+        capLen = c.frames;
+        capWant = 0;
+        pending = -1;
+        publishCapture(b, capLen, capStart, mono);
+    }
 
     void swapIn(SwStems* fresh)
     {
@@ -227,6 +431,7 @@ private:
         int b = complete || buffers[current].seq ? 1 - current : current;
         if (!bufferFree(b)) b = 1 - b;
         if (!bufferFree(b)) return;
+        if (savedBuffer.load(std::memory_order_relaxed) == b) publishCapture(-1, 0, 0, false);  // to be overwritten
         current = b;
         buffers[b].seq = 0;
         capturing = true;
@@ -249,6 +454,7 @@ private:
         capturing = false;
         armed = false;
         complete = capLen > 0;
+        if (complete) publishCapture(current, capLen, capStart, mono);
         if (complete && pending >= 0) submit((SwTask)pending);
     }
 
@@ -325,7 +531,7 @@ private:
         return gains[slot]->get();
     }
 
-    juce::AudioParameterBool *capture, *separate, *accompany, *cancel, *loop;
+    juce::AudioParameterBool *capture, *separate, *accompany, *cancel, *loop, *loopMode;
     juce::AudioParameterFloat *markStart, *markEnd, *dry, *gains[SW_SLOTS];
     juce::AudioParameterChoice *captureAs, *target, *solo;
 
@@ -341,6 +547,18 @@ private:
     bool lastCapture = false, lastSeparate = false, lastAccompany = false, lastCancel = false;
     float lastMarkStart = 0.0f, lastMarkEnd = 0.0f;
     int pending = -1;
+
+    // loop mode
+    SwBarClock clock{};
+    SwLoopPlayer loops{};
+    bool loopOn = false, loopWaited = false;
+
+    // the last complete capture, for getStateInformation (a sequence lock; see publishCapture)
+    std::atomic<unsigned> savedSeq{0};
+    std::atomic<int> savedBuffer{-1};
+    std::atomic<int64_t> savedFrames{0}, savedPosition{0};
+    std::atomic<bool> savedMono{false};
+    CapturePtr restoredCapture;  // set before prepareToPlay made the buffers
 
     JUCE_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR(StemweaveProcessor)
 };
