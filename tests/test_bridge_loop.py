@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import zmq
-
 from stemweave.bridge import protocol as P
 from stemweave.bridge.loop import LoopEngine, Presets
 from stemweave.bridge.server import Server, analytic_model
@@ -76,7 +75,7 @@ def wait_for(condition, timeout=10.0):
 
 
 def test_no_loop_engine_is_an_error_that_says_how_to_start_one(server, socket):
-    head, reply = ask(socket, {"type": "loop", "req": 1})
+    head, _ = ask(socket, {"type": "loop", "req": 1})
     assert head["type"] == "error" and head["code"] == "no-loop" and head["req"] == 1
     assert "--osc-port" in head["message"]
 

@@ -1,18 +1,22 @@
-"""The plugin stub (plugin_stub/) in real hosts: lv2_validate/lv2info, lv2file offline, jalv on a dummy JACK server,
-Ardour 7 headless, and the VST3 in pedalboard, each against a real `stemweave serve` on a free loopback port.
+"""The plugin stub (plugin_stub/) in real hosts: its C unit tests, lv2_validate/lv2info, lv2file offline (separation
+and loop mode), jalv on a dummy JACK server, and the VST3 in pedalboard (separation, loop mode, saved state), each
+against a real `stemweave serve` on a free loopback port. Ardour 7: tests/test_plugin_ardour.py.
 
 The server runs the built-in analytic model (`--model analytic`, closed-form Gaussian stems: no weights) with the
-interactive presets shortened to a few sampler steps (`--preset-dir`), so a separation takes about a second.
+interactive presets shortened to a few sampler steps (`--preset-dir`), so a separation takes about a second; the
+loop server also runs the live loop engine (`--osc-port`, a virtual audio clock) with a 4-step loop preset.
 Every test skips, saying what to install, when its host is missing (scripts/install-system-packages --test
 installs them all).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +42,8 @@ FAST_PRESETS = {
     "accompany-fast": 'description = "test: few steps"\ntask = "accompany"\n[sampler]\nsteps = 6\nsigma_min = 1e-4\n'
                       'sigma_max = 20.0\nrho = 7.0\ns_churn = 0.0\nresamples = 0\n',
 }
+LOOP_PRESET = ('description = "test: live loops in few steps"\ntask = "accompany"\n[sampler]\nsteps = 4\n'
+               'sigma_min = 1e-4\nsigma_max = 20.0\nrho = 7.0\ns_churn = 0.0\nresamples = 0\n')
 
 
 def need(*tools: str) -> None:
@@ -52,7 +58,11 @@ def need(*tools: str) -> None:
 
 @pytest.fixture(scope="module")
 def bundle() -> Path:
-    """The LV2 bundle, built with the README's one command (`make -C plugin_stub`)."""
+    return build_bundle()
+
+
+def build_bundle() -> Path:
+    """The LV2 bundle, built with the README's one command (`make -C plugin_stub`); skips without the tools."""
     need("make", "cc", "pkg-config")
     for pc in ("lv2", "libzmq"):
         if subprocess.run(["pkg-config", "--exists", pc]).returncode:
@@ -113,6 +123,84 @@ def server(tmp_path_factory):
     serve.stop()
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def loop_serve(tmp: Path, rate: int = 48000) -> Serve:
+    """`stemweave serve` with the live loop engine (--osc-port) on a virtual audio clock at `rate`."""
+    serve = Serve(tmp)
+    (tmp / "presets" / "loop.toml").write_text(LOOP_PRESET)  # the engine's default preset name, made fast
+    serve.osc_port = free_udp_port()
+    serve.args += ["--osc-port", str(serve.osc_port), "--audio-device", "virtual", "--audio-rate", str(rate)]
+    serve.start()
+    from stemweave.bridge.osc import send
+
+    deadline = time.monotonic() + 30  # the OSC surface opens after the ZeroMQ socket: wait until it answers
+    while not send("/stemweave/status", port=serve.osc_port, reply_timeout=0.5):
+        assert time.monotonic() < deadline, f"the OSC surface never answered: {serve.log.read_text()[-2000:]}"
+    return serve
+
+
+@pytest.fixture(scope="module")
+def loop_server(tmp_path_factory):
+    pytest.importorskip("stemweave.bridge.server", reason="the bridge (stemweave serve) is not in this checkout")
+    pytest.importorskip("pythonosc", reason="the live loop's OSC surface needs python-osc")
+    serve = loop_serve(tmp_path_factory.mktemp("loop-serve"))
+    yield serve
+    serve.stop()
+
+
+def fetch_loop(endpoint: str, since: int = 0):
+    """The server's live loop, asked for as the plugin does (a `loop` request on a DEALER socket)."""
+    import zmq
+
+    from stemweave.bridge import protocol as P
+
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(endpoint)
+        dealer.send_multipart([json.dumps({"v": 1, "type": "loop", "req": 1, "since": since}).encode()])
+        assert dealer.poll(10000), "the server did not answer the loop request"
+        return P.decode(dealer.recv_multipart())
+    finally:
+        dealer.close(0)
+        context.term()
+
+
+def make_loop(serve: Serve, tempo: float, bars: int, timeout: float = 60.0):
+    """Ask the server's loop engine (over OSC) for a loop at `tempo` and `bars`, and wait until it is made."""
+    from stemweave.bridge.osc import send
+
+    send("/stemweave/loop/tempo", float(tempo), port=serve.osc_port)
+    send("/stemweave/loop/bars", int(bars), port=serve.osc_port)
+    send("/stemweave/loop/start", port=serve.osc_port)
+    deadline = time.monotonic() + timeout
+    while True:
+        loop = fetch_loop(serve.endpoint)
+        if loop.serial and loop.tempo == tempo and loop.bars == bars and loop.mix is not None:
+            return loop
+        assert time.monotonic() < deadline, f"no {bars}-bar loop at {tempo} BPM: {serve.log.read_text()[-2000:]}"
+        time.sleep(0.2)
+
+
+def bar_synced(loop, frames: int, host_bar_frames: int) -> np.ndarray:
+    """What loop mode plays over `frames` timeline frames from bar 0 for a host with bars of host_bar_frames:
+    host bar k plays the loop's bar k mod bars from its start, at the loop's rate (cut at, or silent up to, the
+    host's bar line). (frames, channels)"""
+    mix = loop.mix.T
+    out = np.zeros((frames, mix.shape[1]), np.float32)
+    for start in range(0, frames, host_bar_frames):
+        bar = (start // host_bar_frames) % loop.bars
+        n = min(host_bar_frames, loop.bar_frames, frames - start)
+        out[start: start + n] = mix[bar * loop.bar_frames: bar * loop.bar_frames + n]
+    return out
+
+
 def host_env(endpoint: str, **more) -> dict:
     env = dict(os.environ, LV2_PATH=str(LV2_DIR), STEMWEAVE_ENDPOINT=endpoint, **more)
     return env
@@ -140,6 +228,24 @@ def server_stems(endpoint: str, region: np.ndarray, rate: int) -> dict[str, np.n
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The shared C code's unit tests (state format, loop protocol, loop position arithmetic and swap)
+
+
+def test_shared_c_code_unit_tests(tmp_path):
+    """`make -C plugin_stub check`: version 2 states round-trip (stems and capture), version 1 states still load,
+    damaged states are refused; loop headers; loop positions for matching, slower, faster and tick-rounded hosts;
+    the swap to a newer loop lands on the bar line for every block size."""
+    need("make", "cc", "pkg-config")
+    for pc in ("lv2", "libzmq"):
+        if subprocess.run(["pkg-config", "--exists", pc]).returncode:
+            pytest.skip(f"pkg-config cannot find {pc}: install lv2-dev and libzmq3-dev")
+    check = subprocess.run(["make", "-C", str(STUB), "check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    match = re.search(r"sw_test: (\d+) checks, 0 failed", check.stdout)
+    assert match and int(match.group(1)) > 1000, check.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # lv2_validate and lv2info
 
 
@@ -155,7 +261,7 @@ def test_lv2_validate_and_lv2info(bundle):
     assert "Has latency:       yes, reported by port 23" in info.stdout
     assert "http://lv2plug.in/ns/ext/urid#map" in info.stdout.split("Optional Features")[0]  # the one required
     for symbol in ("capture", "separate", "accompany", "cancel", "target", "solo", "gain_bass", "status", "progress",
-                   "latency", "control"):
+                   "latency", "control", "loop_mode", "loop_state"):
         assert f"Symbol:      {symbol}\n" in info.stdout, symbol
 
 
@@ -233,6 +339,42 @@ def test_lv2file_passes_audio_through_when_no_server(bundle, tmp_path):
     out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
     np.testing.assert_array_equal(out, song)
     assert "cannot reach the server" in run.stderr
+
+
+def test_lv2file_loop_mode_plays_the_server_loop_from_the_first_frame(bundle, loop_server, tmp_path):
+    """Loop mode in an offline host that sends no musical position (lv2file): the render waits for the server's
+    loop, then plays it at its own bars from the timeline's first frame, on top of the input, exact to the sample,
+    through several passes of the loop."""
+    need("lv2file")
+    rate = 48000
+    loop = make_loop(loop_server, 150.0, 2)  # bars of round(48000 * 240 / 150) = 76800 frames
+    assert loop.rate == rate and loop.bar_frames == 76800 and loop.mix.shape == (2, 2 * 76800)
+    song = test_region(rate, 7.0, seed=5)  # 336000 frames: more than two passes of the loop
+    sf.write(tmp_path / "in.wav", song, rate, subtype="FLOAT")
+    run = run_lv2file(loop_server.endpoint, tmp_path / "in.wav", tmp_path / "out.wav", freewheel=1, loop_mode=1)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    looped = bar_synced(loop, len(song), loop.bar_frames)  # its own bars: the loop end to end, again and again
+    np.testing.assert_array_equal(looped[loop.frames: 2 * loop.frames], looped[: loop.frames])
+    np.testing.assert_allclose(out, song + looped, atol=1e-6)
+    assert np.abs(looped).max() > 0.05
+    assert np.abs(out[1:] - (song[1:] + looped[:-1])).max() > 1e-3  # one frame off would not match
+
+
+def test_lv2file_loop_mode_without_a_loop_engine_passes_audio_through(bundle, server, tmp_path):
+    """Loop mode against a server started without --osc-port: the server answers no-loop at once, the plugin
+    says so, and the audio passes untouched (no hang in an offline render)."""
+    need("lv2file")
+    rate = 48000
+    song = test_region(rate, 1.0, seed=6)
+    sf.write(tmp_path / "in.wav", song, rate, subtype="FLOAT")
+    started = time.monotonic()
+    run = run_lv2file(server.endpoint, tmp_path / "in.wav", tmp_path / "out.wav", freewheel=1, loop_mode=1)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert time.monotonic() - started < 20
+    out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    np.testing.assert_array_equal(out, song)
+    assert "loop mode: the server says no-loop" in run.stderr, run.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -442,4 +584,59 @@ def test_vst3_in_pedalboard_round_trips_through_the_server(vst3, server):
         if np.abs(out).max() > 0 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    np.testing.assert_allclose(out, bass, atol=1e-6)
+
+def load_vst3(path: Path, endpoint: str):
+    pedalboard = pytest.importorskip("pedalboard", reason="pip install pedalboard")
+    os.environ["STEMWEAVE_ENDPOINT"] = endpoint  # read when the plugin is created, in this process
+    try:
+        return pedalboard.load_plugin(str(path))
+    finally:
+        os.environ.pop("STEMWEAVE_ENDPOINT", None)
+
+
+def test_vst3_loop_mode_plays_the_server_loop(vst3, loop_server):
+    """The VST3's loop mode in pedalboard (no play head: the loop's own bars from the first frame): the render waits
+    for the server's loop, then plays it exactly, pass after pass, on top of the input."""
+    rate = 48000
+    loop = make_loop(loop_server, 150.0, 2)
+    plugin = load_vst3(vst3, loop_server.endpoint)
+    assert "loop_mode" in set(plugin.parameters)
+    plugin.loop_mode = True
+    song = test_region(rate, 7.0, seed=7)
+    out = plugin.process(np.ascontiguousarray(song.T), rate, buffer_size=512, reset=False)
+    looped = bar_synced(loop, len(song), loop.bar_frames)
+    np.testing.assert_allclose(out.T, song + looped, atol=1e-6)
+    assert np.abs(looped).max() > 0.05
+
+
+def test_vst3_state_keeps_the_capture_and_the_stems(vst3, server):
+    """getStateInformation / setStateInformation through pedalboard's raw_state: a plugin that has only captured a
+    region hands its capture to a fresh instance, which separates it without hearing it again; that one's state
+    then carries the stems too, and a third instance plays them in place. A state that is not Stemweave's is
+    ignored."""
+    rate, length = 48000, 48000
+    region = test_region(rate, 1.0, seed=8)
+    first = load_vst3(vst3, server.endpoint)
+    first.capture = True
+    first.region_end_s = 1.0
+    out = first.process(np.ascontiguousarray(region.T), rate, buffer_size=512, reset=False)
+    np.testing.assert_array_equal(out, region.T)  # captured, nothing asked of the server
+    captured = first.raw_state
+    assert len(captured) > length * 2 * 4  # the capture itself: 1 s of stereo float
+
+    second = load_vst3(vst3, server.endpoint)
+    second.raw_state = b"not a Stemweave state at all"  # refused, changes nothing
+    second.raw_state = captured
+    second.play_stem = "bass"
+    second.separate = True  # the restored capture is complete: it is sent at once
+    silence = np.zeros((2, length), np.float32)
+    out = second.process(silence, rate, buffer_size=512, reset=False)  # non-realtime: waits for the stems
+    bass = server_stems(server.endpoint, region, rate)["bass"]
+    np.testing.assert_allclose(out, bass, atol=1e-6)  # the stem of the captured region, where it was captured
+
+    third = load_vst3(vst3, server.endpoint)
+    third.raw_state = second.raw_state
+    third.play_stem = "bass"
+    out = third.process(silence, rate, buffer_size=512, reset=False)
     np.testing.assert_allclose(out, bass, atol=1e-6)
