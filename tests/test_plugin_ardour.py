@@ -3,7 +3,7 @@
 * record a stereo track through the plugin in real time while it captures a marked region and separates it, then
   export the session (freewheel) and find the separated stem in the exported WAV exactly where the region was;
 * reopen the saved session in a new Ardour: the stems play again with no job sent, and the capture came back
-  too (the plugin accompanies it without hearing it again);
+  too (the plugin accompanies it without hearing it again); a damaged state file is refused whole;
 * loop mode: the server's live loop (at 96 BPM) played in Ardour's 120 BPM timeline, bar for bar.
 
 Everything is judged on the exported WAVs, never on Ardour's exit code (7.3 can abort at exit after writing).
@@ -370,6 +370,26 @@ def test_ardour_reopened_session_keeps_the_stems_and_the_capture(take, ardour_ho
     assert np.abs(generated).max() > 0.05
     edge = 4096
     np.testing.assert_array_equal(accompanied[edge:A], recorded[edge:A])
+
+
+def test_ardour_opens_a_session_whose_saved_state_is_damaged(take, ardour_home, server, tmp_path):
+    """The plugin's state file in the saved session overwritten with garbage: Ardour opens the session, the plugin
+    refuses the file whole (no stems, no capture, an error in the log) and passes the take through untouched."""
+    import shutil
+
+    session = tmp_path / "session"
+    shutil.copytree(take["session"], session)
+    states = sorted(session.glob("plugins/*/state*/stemweave-region.swst"))
+    assert states, "the saved session has no Stemweave state file"
+    for state in states:
+        state.write_bytes(b"SWSTATE2" + bytes(range(256)) * 8)
+    output, reports = ardour(ardour_home, REOPEN, tmp_path / "reopen", server.endpoint, "DONE", session=session,
+                             export_dir="export")
+    assert reports.get("STATUS") == ["0.0 CAPTURED 0.0"], output[-3000:]  # idle: nothing restored
+    assert "cannot read the saved stems and capture" in output, output[-3000:]
+    out = read_wav(Path(reports["WORK"][0]) / "export" / "reopened.wav", output)
+    recorded, edge = take["recorded"], 4096
+    np.testing.assert_array_equal(out[edge:-edge], recorded[edge:-edge])
 
 
 def test_ardour_loop_mode_plays_the_server_loop_bar_for_bar(ardour_home, bundle, tmp_path_factory, tmp_path):

@@ -361,6 +361,22 @@ def test_lv2file_loop_mode_plays_the_server_loop_from_the_first_frame(bundle, lo
     assert np.abs(out[1:] - (song[1:] + looped[:-1])).max() > 1e-3  # one frame off would not match
 
 
+def test_lv2file_loop_mode_refuses_a_loop_at_another_sample_rate(bundle, loop_server, tmp_path):
+    """A 44.1 kHz render against a loop made at 48 kHz: the plugin plays nothing rather than the loop at the wrong
+    speed, says which --audio-rate the server needs, and the audio passes untouched."""
+    need("lv2file")
+    make_loop(loop_server, 150.0, 2)
+    rate = 44100
+    song = test_region(rate, 1.0, seed=9)
+    sf.write(tmp_path / "in.wav", song, rate, subtype="FLOAT")
+    run = run_lv2file(loop_server.endpoint, tmp_path / "in.wav", tmp_path / "out.wav", freewheel=1, loop_mode=1)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    np.testing.assert_array_equal(out, song)
+    assert "the loop runs at 48000 Hz and the host at 44100 Hz" in run.stderr, run.stderr
+    assert "--audio-rate 44100" in run.stderr
+
+
 def test_lv2file_loop_mode_without_a_loop_engine_passes_audio_through(bundle, server, tmp_path):
     """Loop mode against a server started without --osc-port: the server answers no-loop at once, the plugin
     says so, and the audio passes untouched (no hang in an offline render)."""
