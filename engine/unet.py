@@ -286,7 +286,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def list_configs() -> list[str]:
-    """Names of the configs shipped in engine/configs/ (cpu-small, cpu-medium, paper)."""
+    """Names of the configs shipped in engine/configs/ (cpu-tiny, cpu-small, cpu-medium, paper)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 

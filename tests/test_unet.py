@@ -75,8 +75,8 @@ def test_gradients_reach_every_parameter():
 
 
 def test_shipped_configs_sizes_and_windows():
-    assert {"cpu-small", "cpu-medium", "paper"} <= set(list_configs())
-    expected = {"cpu-small": (5e6, 12e6), "cpu-medium": (20e6, 30e6), "paper": (380e6, 440e6)}
+    assert {"cpu-tiny", "cpu-small", "cpu-medium", "paper"} <= set(list_configs())
+    expected = {"cpu-tiny": (2e6, 4e6), "cpu-small": (5e6, 12e6), "cpu-medium": (20e6, 30e6), "paper": (380e6, 440e6)}
     for name, (lo, hi) in expected.items():
         config = load_config(name)
         with torch.device("meta"):

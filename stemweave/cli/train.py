@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         "Checkpoints go to RUN_DIR/checkpoints/last.pt (every --checkpoint-every steps and at exit) and a run "
         "resumes from there by default. --export-model NAME writes the EMA weights as a model file.",
     )
-    p.add_argument("--config", default="cpu-small", help="network size: cpu-small (default), cpu-medium, paper, or a .toml path")
+    p.add_argument("--config", default="cpu-small", help="network size: cpu-small (default), cpu-tiny (ISDM), cpu-medium, paper, or a .toml path")
     p.add_argument("--data", action="append", type=Path, default=[], help="training data folder (Slakh-like layout); repeatable")
     p.add_argument("--valid", action="append", type=Path, default=[], help="validation data folder; repeatable")
     p.add_argument("--objective", choices=("diffusion", "regression"), default="diffusion")
