@@ -46,6 +46,8 @@ def test_render_resumes_and_refuses_other_settings(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["Track00000", "Track00001", "Track00002"]
     assert main([*common, "--songs", "3", "--rate", "16000"]) == 2
     assert "other settings" in capsys.readouterr().err
+    assert main([*common, "--songs", "3", "--arrangement", "sparse"]) == 2
+    assert "arrangement None there, 'sparse' asked" in capsys.readouterr().err
 
 
 @needs_soundfont

@@ -3,6 +3,7 @@
 import io
 
 import mido
+import pytest
 
 from stemweave.engine.data.songs import STEMS, TEMPO_RANGE, make_song, song_midi
 
@@ -49,3 +50,17 @@ def test_midi_has_the_parts_with_drums_on_channel_ten():
     assert drum_channels == {9}
     tempo = next(m.tempo for m in midi.tracks[0] if m.type == "set_tempo")
     assert abs(mido.tempo2bpm(tempo) - song.plan.tempo) < 0.01
+
+
+def test_sparse_arrangement_has_solo_and_duo_sections_and_leaves_full_songs_alone():
+    counts = [len(section.parts) for seed in range(20) for section in make_song(seed, 30.0, "sparse").plan.sections]
+    assert 1 in counts and 2 in counts and max(counts) <= len(STEMS)
+    assert sum(c <= 2 for c in counts) / len(counts) > 0.4  # the full band has no one-part sections at all
+    full = make_song(3, 30.0)
+    assert full.plan.to_dict() == make_song(3, 30.0, "full").plan.to_dict()
+    assert make_song(3, 30.0, "sparse").plan.tempo == full.plan.tempo  # same song, other arrangement
+
+
+def test_an_unknown_arrangement_is_refused():
+    with pytest.raises(ValueError, match="unknown arrangement 'solo'"):
+        make_song(3, 30.0, "solo")

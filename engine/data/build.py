@@ -14,7 +14,7 @@ from stemweave.engine.data.layout import (
     is_finished, read_metadata, render_settings, track_metadata, track_name, write_track,
 )
 from stemweave.engine.data.render import render_song
-from stemweave.engine.data.songs import make_song
+from stemweave.engine.data.songs import check_arrangement, make_song
 
 SPLITS = ("train", "valid", "test")
 SEEDS_PER_SPLIT = 1_000_000
@@ -35,6 +35,7 @@ class TrackJob:
     seconds: float
     audio_format: str
     soundfont: str
+    arrangement: str = "full"
 
     @property
     def song_seed(self) -> int:
@@ -46,7 +47,8 @@ class TrackJob:
 
     @property
     def settings(self) -> dict:
-        return render_settings(self.song_seed, self.rate, self.seconds, self.audio_format, self.soundfont)
+        return render_settings(self.song_seed, self.rate, self.seconds, self.audio_format, self.soundfont,
+                               self.arrangement)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def render_track(job: TrackJob) -> TrackResult:
     if check_existing(job):
         return TrackResult(job.name, sf.info(str(job.out_dir / job.name / f"mix.{job.audio_format}")).duration,
                            0.0, True)
-    song = make_song(job.song_seed, job.seconds)
+    song = make_song(job.song_seed, job.seconds, job.arrangement)
     rendered = render_song(song, job.rate, job.soundfont)
     write_track(job.out_dir, job.name, song, rendered, track_metadata(song, rendered, job.settings, job.split),
                 job.audio_format)
@@ -92,11 +94,13 @@ def render_track(job: TrackJob) -> TrackResult:
 
 
 def plan_jobs(out_dir: Path, split: str, first: int, songs: int, rate: int, seconds: float, audio_format: str,
-              soundfont: str) -> list[TrackJob]:
+              soundfont: str, arrangement: str = "full") -> list[TrackJob]:
     """The jobs for tracks first..first+songs-1 of a split; raises SettingsMismatch before any work is done
     if the folder already holds one of them rendered otherwise."""
     check_seed_range(split, first, songs)
-    jobs = [TrackJob(Path(out_dir), first + i, split, rate, seconds, audio_format, soundfont) for i in range(songs)]
+    check_arrangement(arrangement)
+    jobs = [TrackJob(Path(out_dir), first + i, split, rate, seconds, audio_format, soundfont, arrangement)
+            for i in range(songs)]
     for job in jobs:
         check_existing(job)
     return jobs

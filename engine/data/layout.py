@@ -33,10 +33,15 @@ def track_name(number: int) -> str:
     return f"Track{number:05d}"
 
 
-def render_settings(seed: int, rate: int, seconds: float, audio_format: str, soundfont: str | Path) -> dict:
-    """What must match for an existing track folder to count as already rendered."""
-    return {"song_seed": int(seed), "rate": int(rate), "seconds": float(seconds), "format": audio_format,
-            "soundfont": Path(soundfont).name, "generator_version": GENERATOR_VERSION}
+def render_settings(seed: int, rate: int, seconds: float, audio_format: str, soundfont: str | Path,
+                    arrangement: str = "full") -> dict:
+    """What must match for an existing track folder to count as already rendered (the default arrangement
+    is left out, so folders rendered before arrangements existed still match)."""
+    settings = {"song_seed": int(seed), "rate": int(rate), "seconds": float(seconds), "format": audio_format,
+                "soundfont": Path(soundfont).name, "generator_version": GENERATOR_VERSION}
+    if arrangement != "full":
+        settings["arrangement"] = arrangement
+    return settings
 
 
 def track_metadata(song: Song, rendered: RenderedSong, settings: dict, split: str) -> dict:

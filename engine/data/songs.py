@@ -28,6 +28,9 @@ PROGRAMS = {
 }
 # A song lacks a whole instrument this often (Slakh: 5.3% of songs lack bass, 0.7% drums / piano).
 SONG_ABSENCE = {"bass": 0.04, "drums": 0.01, "guitar": 0.0, "piano": 0.02}
+# "full": the band mostly plays together (MSDM's data); "sparse": sections of one to four players.
+ARRANGEMENTS = ("full", "sparse")
+SPARSE_PLAYERS = (0.35, 0.3, 0.2, 0.15)  # p(1, 2, 3, 4 parts play in a section)
 SECTION_FORM = (("intro", 4), ("verse", 8), ("chorus", 8), ("verse", 8), ("chorus", 8), ("bridge", 8),
                 ("chorus", 8), ("outro", 4))
 
@@ -100,8 +103,9 @@ class Song:
     notes: dict[str, list[Note]] = field(default_factory=dict)  # per stem
 
 
-def make_plan(seed: int, seconds: float) -> SongPlan:
+def make_plan(seed: int, seconds: float, arrangement: str = "full") -> SongPlan:
     """Draw a song plan from the seed: tempo, meter, key, progressions, sections and who plays where."""
+    check_arrangement(arrangement)
     rng = np.random.default_rng([seed, 1])
     meter = str(rng.choice(list(METER_WEIGHTS), p=list(METER_WEIGHTS.values())))
     tempo = float(rng.uniform(*TEMPO_RANGE))
@@ -129,7 +133,7 @@ def make_plan(seed: int, seconds: float) -> SongPlan:
         length = min(length, bars - bar)
         degrees = by_section[name]
         section_chords = [diatonic_chord(tonic, mode, degrees[i % len(degrees)], sevenths) for i in range(length)]
-        playing = _section_parts(name, present, rng)
+        playing = _section_parts(name, present, rng, arrangement)
         intensity = {"intro": 0, "verse": 1, "chorus": 2, "bridge": 1, "outro": 0}[name]
         sections.append(Section(name, bar, length, [c.symbol for c in section_chords], playing, intensity))
         chords += section_chords
@@ -143,7 +147,7 @@ def make_plan(seed: int, seconds: float) -> SongPlan:
                 degrees = by_section[name]
                 section_chords = [diatonic_chord(tonic, mode, degrees[i % len(degrees)], sevenths) for i in range(length)]
                 sections.append(Section(name, bar, length, [c.symbol for c in section_chords],
-                                        _section_parts(name, present, rng), 1 + (name == "chorus")))
+                                        _section_parts(name, present, rng, arrangement), 1 + (name == "chorus")))
                 chords += section_chords
                 bar += length
     programs = {stem: int(rng.choice(PROGRAMS[stem])) for stem in STEMS}
@@ -152,8 +156,20 @@ def make_plan(seed: int, seconds: float) -> SongPlan:
     return plan
 
 
-def _section_parts(name: str, present: list[str], rng: np.random.Generator) -> list[str]:
-    """Who plays in a section: everyone mostly; intros, bridges and outros thin out; never fewer than two."""
+def check_arrangement(arrangement: str) -> None:
+    if arrangement not in ARRANGEMENTS:
+        raise ValueError(f"unknown arrangement {arrangement!r}: use one of {', '.join(ARRANGEMENTS)}")
+
+
+def _section_parts(name: str, present: list[str], rng: np.random.Generator, arrangement: str = "full") -> list[str]:
+    """Who plays in a section: everyone mostly; intros, bridges and outros thin out; never fewer than two.
+
+    The sparse arrangement draws how many play first (solos and duos are common), so that a mixture-only
+    model such as GMSDI hears every label alone and in small groups, not only in the full band."""
+    if arrangement == "sparse":
+        count = min(len(present), 1 + int(rng.choice(len(SPARSE_PLAYERS), p=SPARSE_PLAYERS)))
+        chosen = rng.permutation(len(present))[:count]
+        return [s for s in STEMS if s in {present[i] for i in chosen}]
     drop_chance = {"intro": 0.3, "verse": 0.07, "chorus": 0.02, "bridge": 0.15, "outro": 0.2}[name]
     playing = [s for s in present if rng.random() >= drop_chance]
     while len(playing) < min(2, len(present)):
@@ -162,9 +178,9 @@ def _section_parts(name: str, present: list[str], rng: np.random.Generator) -> l
     return [s for s in STEMS if s in playing]
 
 
-def make_song(seed: int, seconds: float = 30.0) -> Song:
+def make_song(seed: int, seconds: float = 30.0, arrangement: str = "full") -> Song:
     """A whole song: its plan and the notes of its four parts (humanised), deterministic for the seed."""
-    plan = make_plan(seed, seconds)
+    plan = make_plan(seed, seconds, arrangement)
     song = Song(plan)
     for index, stem in enumerate(STEMS):
         rng = np.random.default_rng([seed, 2, index])

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     render.add_argument("--soundfont", type=Path, default=None,
                         help="General MIDI .sf2 file (default $STEMWEAVE_SOUNDFONT or FluidR3_GM)")
     render.add_argument("--format", choices=AUDIO_FORMATS, default="flac", help="audio files (default flac)")
+    render.add_argument("--arrangement", choices=("full", "sparse"), default="full",
+                        help="full: the band mostly plays together (default); sparse: sections of one to four "
+                             "players, for mixture-only training (GMSDI)")
     render.set_defaults(run=run_render)
 
     example = commands.add_parser("example", help="write one rendered mixture, the built-in example input")
@@ -102,7 +105,8 @@ def run_render(args: argparse.Namespace) -> int:
     audio = rendering = 0.0
     skipped = 0
     try:
-        todo = plan_jobs(out, args.split, args.seed, args.songs, args.rate, args.seconds, args.format, soundfont)
+        todo = plan_jobs(out, args.split, args.seed, args.songs, args.rate, args.seconds, args.format, soundfont,
+                          args.arrangement)
     except SettingsMismatch as error:
         raise UserError(str(error)) from None
     try:
