@@ -36,6 +36,7 @@ import zmq
 import zmq.auth
 
 from stemweave import __version__
+from stemweave.bridge import gmsdi_jobs
 from stemweave.bridge import protocol as P
 from stemweave.bridge.jobs import CachedResult, Job, JobQueue, ResultCache, content_key, new_job_id
 
@@ -94,6 +95,10 @@ def default_model_loader(name: str, device: str, backend: str = "torch"):
     a prior's network runs on `backend` (export/backends.py)."""
     if name == ANALYTIC_MODEL:
         return analytic_model()
+    if model_kind(name) == "gmsdi":
+        from stemweave.engine.models import resolve_model
+
+        return gmsdi_jobs.load(resolve_model(name), device, backend)
     from stemweave import api
 
     task = "generate" if model_kind(name) == "msldm" else "separate"  # an msldm model cannot separate
@@ -582,6 +587,10 @@ class Server:
             raise RequestError("bad-request", f"unknown model {model!r}: this server has "
                                               f"{', '.join(self.model_names()) or 'none'}")
         kind = model_kind(model)
+        if kind == "gmsdi":
+            return self._validate_gmsdi(message, model)
+        if any(name in message.params for name in gmsdi_jobs.PARAMS):
+            raise RequestError("bad-request", f"prompts, negatives and guidance go with a GMSDI model, not {model!r}")
         if kind == "msldm" and task == "separate":
             raise RequestError("bad-request", f"model {model!r} is an MSLDM latent prior: it generates and accompanies; "
                                               "separation with a latent prior is not built (docs/msldm.md)")
@@ -604,12 +613,22 @@ class Server:
             preset = preset.with_overrides(**overrides)
         except (ValueError, TypeError) as error:
             raise RequestError("bad-request", f"bad preset parameters: {error}") from None
-        channels, frames = message.shape
+        channels, _ = self._frames(message, params)
         if task == "separate" and message.audio is None:
             raise RequestError("bad-request", "separate needs the region's audio (audio frames, one per channel)")
         if task == "accompany" and not message.given:
             raise RequestError("bad-request", "accompany needs at least one given stem (given: [names] + frames)")
-        if task == "generate":
+        region = {k: v for k, v in params.items() if k in REGION_PARAMS}
+        if "regenerate" in region:
+            region["regenerate"] = tuple(region["regenerate"])
+        return {"task": task, "model": model, "preset": preset_name, "preset_repr": repr(preset), "seed": message.seed,
+                "rate": message.rate, "region": region, "preset_obj": preset, "channels": channels, "refine": refine}
+
+    def _frames(self, message: P.Submit, params: dict) -> tuple[int, int]:
+        """(channels, frames) of the region, or of the length a generate request asks for; refuses a region
+        longer than --max-seconds."""
+        channels, frames = message.shape
+        if message.task == "generate":
             if message.audio is not None or message.given:
                 raise RequestError("bad-request", "generate takes no audio: give params frames, seconds or loop_frames")
             frames = params.get("loop_frames") or params.get("frames") or round(params.get("seconds", 0) * message.rate)
@@ -619,11 +638,32 @@ class Server:
         if seconds > self.max_seconds:
             raise RequestError("too-long", f"the region is {seconds:.1f} s long; this server takes at most "
                                            f"{self.max_seconds:g} s (--max-seconds): send it in shorter regions")
-        region = {k: v for k, v in params.items() if k in REGION_PARAMS}
-        if "regenerate" in region:
-            region["regenerate"] = tuple(region["regenerate"])
-        return {"task": task, "model": model, "preset": preset_name, "preset_repr": repr(preset), "seed": message.seed,
-                "rate": message.rate, "region": region, "preset_obj": preset, "channels": channels, "refine": refine}
+        return channels, frames
+
+    def _validate_gmsdi(self, message: P.Submit, model: str) -> dict:
+        """The spec of a request to a GMSDI model: prompts name the stems (bridge/gmsdi_jobs.py)."""
+        from stemweave.engine.checkpoints import read_card
+        from stemweave.engine.gmsdi.inference import DEFAULT_PRESETS as GMSDI_PRESETS
+        from stemweave.engine.models import resolve_model
+
+        params = dict(message.params)
+        rules = {**gmsdi_jobs.PARAMS, **SAMPLER_PARAMS, **REGION_PARAMS, "constrained": OPTION_PARAMS["constrained"]}
+        for name, value in params.items():
+            if name in rules:
+                _check_param(name, value, rules[name])
+        preset_name = message.preset or GMSDI_PRESETS[message.task]
+        vocabulary = list(read_card(resolve_model(model)).get("stems", []))
+        try:
+            gmsdi = gmsdi_jobs.validate(message.task, preset_name, params, vocabulary, list(message.given),
+                                        message.audio is not None)
+        except ValueError as error:
+            raise RequestError("bad-request", str(error)) from None
+        channels, _frames = self._frames(message, params)
+        preset = gmsdi.pop("preset")
+        region = {k: v for k, v in params.items() if k in gmsdi_jobs.REGION_KEYS}
+        return {"task": message.task, "model": model, "preset": preset_name, "preset_repr": repr(preset),
+                "seed": message.seed, "rate": message.rate, "region": region, "preset_obj": preset,
+                "channels": channels, "refine": None, "gmsdi": {**gmsdi, "preset": preset}}
 
     def _validate_refine(self, task: str, params: dict) -> dict | None:
         """{"preset": Preset, "prior": name} when the request asks to refine the first answer, else None."""
@@ -732,9 +772,17 @@ class Server:
             if job.cancel.is_set():
                 raise Cancelled("cancelled")
             refine = spec.get("refine")
-            stems = run_region(spec["task"], model, job.audio, job.rate, spec["preset_obj"], given=job.given or None,
-                               seed=spec["seed"], progress=progress, cancel=job.cancel,
-                               on_partial=None if refine else partial, **spec["region"])
+            if spec.get("gmsdi"):
+                def progress_or_cancel(update: dict) -> None:
+                    if job.cancel.is_set():
+                        raise Cancelled("cancelled")
+                    progress(update)
+
+                stems = gmsdi_jobs.run(spec, model, job.audio, job.given, job.rate, progress_or_cancel)
+            else:
+                stems = run_region(spec["task"], model, job.audio, job.rate, spec["preset_obj"],
+                                   given=job.given or None, seed=spec["seed"], progress=progress, cancel=job.cancel,
+                                   on_partial=None if refine else partial, **spec["region"])
             if refine:
                 stems = self._refine(job, spec, device, model, stems, progress, partial)
             stems = {name: np.ascontiguousarray(s, dtype="<f4") for name, s in stems.items()}
