@@ -7,7 +7,8 @@ data). `load_prior` turns an msdm or isdm model file into the engine's
 generates and accompanies on audio (it cannot separate); `load_separator`
 turns a regression model file into a `RegressionSeparator`.
 
-Kinds: msdm, isdm (waveform priors), msldm (latent prior), regression.
+Kinds: msdm, isdm (waveform priors), msldm (latent prior), regression, and gmsdi (a text-conditioned
+mixture model, loaded by engine/gmsdi/train.load_gmsdi).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ DEFAULT_SEPARATOR = "separator-cpu-small"
 DEFAULT_PRIOR = "msdm-cpu-small"
 # The shipped MSLDM (issue 11); `--model msldm` names it.
 DEFAULT_MSLDM = "msldm-cpu-small"
-ALIASES = {"msldm": DEFAULT_MSLDM}
-KINDS = ("msdm", "isdm", "msldm", "regression")
+# The shipped GMSDI model (issue 10): `stemweave gmsdi ...` uses it when no --model is given.
+DEFAULT_GMSDI = "gmsdi-cpu-small"
+ALIASES = {"msldm": DEFAULT_MSLDM, "gmsdi": DEFAULT_GMSDI}
+KINDS = ("msdm", "isdm", "msldm", "regression", "gmsdi")
 PRIOR_KINDS = ("msdm", "isdm", "msldm")
 
 
@@ -160,6 +163,7 @@ def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: 
 
 
 __all__ = [
+    "DEFAULT_GMSDI",
     "DEFAULT_MSLDM",
     "DEFAULT_PRIOR",
     "DEFAULT_SEPARATOR",

@@ -86,6 +86,9 @@ def load_task_model(name: str | None, task: str, device: str | torch.device = "c
     """
     name = name or default_model(task)
     card = read_card(models.resolve_model(name))
+    if card.get("kind") == "gmsdi":
+        raise ValueError(f"model {name!r} is a GMSDI model: its stems are named by prompts, so use "
+                         f"`stemweave gmsdi {task} --model {name} --prompts ...` (docs/gmsdi.md)")
     if card.get("kind") == "msldm":
         if task == "separate":
             raise ValueError(f"model {name!r} is an MSLDM latent prior: it generates and accompanies, but separation "

@@ -206,3 +206,20 @@ def test_choose_methods_scores_both_on_validation_tracks(tiny_model, tmp_path):
                                     overrides={"steps": 2})
     assert set(scores) == {"separator", "extractor"} and set(choice) == set(LABELS)
     assert all(choice[s] == max(scores, key=lambda m: scores[m][s]) for s in LABELS)
+
+
+def test_fp16_export_halves_the_file_and_denoises_alike_and_loads_by_shipped_name(tiny_model, tmp_path, monkeypatch):
+    from stemweave.engine import models
+
+    run = tiny_model.parent / "run"
+    weights, _ = gtrain.export_gmsdi(run, models.DEFAULT_GMSDI, tmp_path, fp16=True)
+    full = tiny_model.with_suffix(".safetensors")
+    assert weights.stat().st_size < 0.6 * full.stat().st_size
+    assert json.loads((tmp_path / f"{models.DEFAULT_GMSDI}.json").read_text())["dtype"] == "float16"
+    monkeypatch.setattr(models, "MODEL_DIR", tmp_path)
+    half = GMSDIModel.load("gmsdi")  # the alias of the shipped default
+    fp32, _, _ = gtrain.load_gmsdi(tiny_model)
+    y = 0.1 * torch.randn(2, 1, WINDOW, generator=torch.Generator().manual_seed(0))
+    text = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(half.denoiser(y, 0.3, text), fp32(y, 0.3, text), atol=2e-3, rtol=0)

@@ -232,7 +232,7 @@ def choose_methods(model: GMSDIModel, prompts: Sequence[str], valid_roots, *, en
     references = test_tracks(valid_roots, model.window, labels, model.rate, tracks=tracks, seconds=seconds)
     scores = {}
     for part in preset.parts:
-        separate = _separation(model, list(prompts), None, part, allow_unknown=False)
+        separate = window_separator(model, list(prompts), None, part, allow_unknown=False)
         generator = torch.Generator().manual_seed(seed)
 
         def method(mixtures, _references, separate=separate, generator=generator):
@@ -251,7 +251,7 @@ def _separate_windows(model, prompts, negatives, preset, signals, overlap, gener
     plan = plan_windows(signals.shape[-1], model.window, overlap)
     padded = np.pad(signals, ((0, 0), (0, plan.padded - signals.shape[-1])))
     out = np.zeros((len(prompts), *padded.shape), np.float64)
-    separate = _separation(model, prompts, negatives, preset, allow_unknown)
+    separate = window_separator(model, prompts, negatives, preset, allow_unknown)
     report.plan(plan.count * len(signals), preset.sampler.steps)
     for i in range(plan.count):
         at = slice(plan.start(i), plan.start(i) + plan.window)
@@ -261,7 +261,7 @@ def _separate_windows(model, prompts, negatives, preset, signals, overlap, gener
     return out[..., : signals.shape[-1]].astype(np.float32)
 
 
-def _separation(model, prompts, negatives, preset, allow_unknown):
+def window_separator(model, prompts, negatives, preset, allow_unknown=False):
     """(mixture (B, T), generator, callback) -> stems (B, K, T) by the preset's method."""
     if preset.method == "ensemble":
         separator, extractor = preset.parts
@@ -350,4 +350,5 @@ class _Reporter:
         return on_step
 
 
-__all__ = ["DEFAULT_PRESETS", "GMSDIModel", "GMSDIPreset", "list_gmsdi_presets", "load_gmsdi_preset", "run"]
+__all__ = ["DEFAULT_PRESETS", "GMSDIModel", "GMSDIPreset", "list_gmsdi_presets", "load_gmsdi_preset", "run",
+           "window_separator"]

@@ -317,14 +317,16 @@ def _record(settings: GMSDISettings) -> dict[str, Any]:
 # --------------------------------------------------------------------------- model files
 
 
-def export_gmsdi(run_dir: str | Path, name: str, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write the EMA weights of a run's last checkpoint as `<out_dir>/<name>.safetensors` + `.json` + `.text.safetensors`."""
+def export_gmsdi(run_dir: str | Path, name: str, out_dir: str | Path, fp16: bool = False) -> tuple[Path, Path]:
+    """Write the EMA weights of a run's last checkpoint as `<out_dir>/<name>.safetensors` + `.json` + `.text.safetensors`
+    (fp16 halves the file for shipping; the loader computes in fp32)."""
     checkpoint_path = Path(run_dir) / CHECKPOINT
     if not checkpoint_path.exists():
         raise FileNotFoundError(f"no checkpoint {checkpoint_path} to export")
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config, saved = state["config"], state["settings"]
-    tensors = {k[len("net."):]: v.contiguous() for k, v in state["ema"].items() if k.startswith("net.")}
+    dtype = torch.float16 if fp16 else torch.float32
+    tensors = {k[len("net."):]: v.to(dtype).contiguous() for k, v in state["ema"].items() if k.startswith("net.")}
     out_dir = Path(out_dir)
     weights_path, card_path = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
     atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "name": name}))
@@ -337,7 +339,7 @@ def export_gmsdi(run_dir: str | Path, name: str, out_dir: str | Path) -> tuple[P
         "clamp": bool(config.get("clamp", True)), "config": {"name": config.get("name"), "unet": config["unet"]},
         "text": {"encoder": saved["encoder"], "features": int(state["text"]["features"]), "vocabulary": list(saved["labels"]),
                  "label_dropout": saved["label_dropout"], "captions": "non-silent stem labels joined with ', ', random order"},
-        "layout": "single", "dtype": "float32", "weights": weights_path.name,
+        "layout": "single", "dtype": "float16" if fp16 else "float32", "weights": weights_path.name,
         "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         "parameters": int(sum(v.numel() for v in tensors.values())),
         "training": {"objective": "gmsdi (EDM loss on mixtures + captions)", "steps": state["step"],
@@ -354,6 +356,10 @@ def export_gmsdi(run_dir: str | Path, name: str, out_dir: str | Path) -> tuple[P
 def load_gmsdi(path: str | Path, device: str | torch.device = "cpu") -> tuple[TextDenoiser, dict[str, Any], TextEncoder]:
     """(denoiser in eval mode, card, text encoder with the model's caption cache) of a GMSDI model file."""
     base = Path(path)
+    if not base.suffix and not base.with_suffix(".json").exists():
+        from stemweave.engine.models import resolve_model
+
+        base = resolve_model(str(path))  # a shipped model's name ("gmsdi-cpu-small", "gmsdi")
     base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
     card_path, weights_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
     if not card_path.exists() or not weights_path.exists():

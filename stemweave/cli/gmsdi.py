@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from stemweave.cli import UserError
+
+
+DEFAULT_MODEL = "gmsdi"  # the shipped default (engine/models.py DEFAULT_GMSDI)
+MODEL_HELP = "a shipped GMSDI model's name or a model file (.json / .safetensors / their stem); default: the shipped one"
 
 
 def register(subparsers) -> None:
@@ -42,6 +48,7 @@ def register(subparsers) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--export-model", metavar="NAME", default=None, help="after training, write the EMA weights as NAME")
     t.add_argument("--export-dir", type=Path, default=Path("."), help="where --export-model writes (default .)")
+    t.add_argument("--fp16", action="store_true", help="export fp16 weights (half the file; computed in fp32)")
     t.set_defaults(run=run_train)
 
     c = sub.add_parser("captions", help="the caption distribution of a data folder (what the model is trained on)")
@@ -54,7 +61,7 @@ def register(subparsers) -> None:
     e = sub.add_parser("choose", help="pick the ensemble's method per stem on validation data (Table 2)",
                        description="Score the Separator and the Extractor per stem (SI-SDRi, MSDM protocol) on --valid "
                        "and print an ensemble preset whose [choice] takes the better one per stem.")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     e.add_argument("--valid", action="append", type=Path, required=True)
     e.add_argument("--prompts", nargs="+", default=["bass", "drums", "guitar", "piano"], help="the dataset's stem labels")
     e.add_argument("--tracks", type=int, default=8)
@@ -63,6 +70,29 @@ def register(subparsers) -> None:
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", type=Path, default=None, help="write the ensemble preset here (.toml)")
     e.set_defaults(run=run_choose)
+
+    v = sub.add_parser("evaluate", help="the GMSDI paper's Table 1, Table 2 and Fig. 2 on a test split",
+                       description="Table 1: SI-SDRi of the Extractor and of the Separator with each constrained stem "
+                       "over the guidance grid; Table 2: Separator, Extractor and their ensemble (chosen per stem on "
+                       "--valid), next to --compare rows; Fig. 2: single-stem generation with and without negative "
+                       "prompts (silent share, Fréchet distance). MSDM protocol, the windows of `stemweave evaluate`.")
+    v.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    v.add_argument("--data", type=Path, default=Path("data/test"), help="test folder (default data/test)")
+    v.add_argument("--valid", type=Path, default=Path("data/valid"), help="validation folder for the ensemble's choice")
+    v.add_argument("--table", action="append", choices=("1", "2", "fig2"), default=None,
+                   help="which to run; repeatable (default: all three)")
+    v.add_argument("--tracks", type=int, default=3)
+    v.add_argument("--seconds", type=float, default=12.0, help="audio per track")
+    v.add_argument("--steps", type=int, default=None, help="sampler steps (default: the presets' own, 150)")
+    v.add_argument("--guidance", type=float, nargs="+", default=None, help="Table 1's w grid (default 3 7.5 15 24)")
+    v.add_argument("--clips", type=int, default=8, help="Fig. 2: generated windows per prompt setting")
+    v.add_argument("--compare", type=Path, action="append", default=[],
+                   help="a `stemweave evaluate --json` report whose rows join Table 2 (MSDM, ISDM); repeatable")
+    v.add_argument("--json", type=Path, default=None, help="write every number here")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--threads", type=int, default=None)
+    v.add_argument("--device", default="cpu")
+    v.set_defaults(run=run_evaluate)
 
     for task in ("separate", "accompany", "generate"):
         s = sub.add_parser(task, help=f"{task} with a GMSDI model and prompts")
@@ -74,8 +104,10 @@ def register(subparsers) -> None:
         else:
             s.add_argument("--seconds", type=float, default=4.0)
             s.add_argument("--rate", type=int, default=None, help="output rate (default: the model's)")
-        s.add_argument("--model", required=True, help="a GMSDI model file (.json / .safetensors / their stem)")
-        s.add_argument("--prompts", nargs="+", required=True, help="one text per stem: --prompts bass drums 'guitar, piano'")
+        s.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+        s.add_argument("--prompts", nargs="+", default=None,
+                       help="one text per stem: --prompts bass drums 'guitar, piano' (default: the model's labels; "
+                       "accompany: those not given)")
         s.add_argument("--negative", nargs="+", default=None,
                        help="one negative prompt per prompt ('' for none; default: the preset's for known labels)")
         s.add_argument("--preset", default=None, help="a gmsdi-* preset or .toml (default gmsdi-separate / -accompany / -generate)")
@@ -113,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise UserError(str(error)) from error
         print(f"stopped at step {summary['step']} (loss {summary['loss']:.4f}); checkpoint {summary['checkpoint']}")
     if args.export_model:
-        weights, card = export_gmsdi(args.run_dir, args.export_model, args.export_dir)
+        weights, card = export_gmsdi(args.run_dir, args.export_model, args.export_dir, fp16=args.fp16)
         print(f"exported the EMA weights: {weights} + {card.name}")
     return 0
 
@@ -159,11 +191,18 @@ def run_task(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.negative is not None and len(args.negative) != len(args.prompts):
-        raise UserError(f"--negative needs one entry per prompt ({len(args.prompts)}; '' for none), got {len(args.negative)}")
     try:
         model = GMSDIModel.load(args.model, args.device)
-        kwargs = dict(prompts=args.prompts, negatives=args.negative, preset=args.preset, seed=args.seed,
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    given = args.given if args.task == "accompany" else []
+    prompts = args.prompts or [label for label in model.vocabulary if label not in given]
+    if not prompts:
+        raise UserError("no prompts: name the stems to make with --prompts")
+    if args.negative is not None and len(args.negative) != len(prompts):
+        raise UserError(f"--negative needs one entry per prompt ({len(prompts)}; '' for none), got {len(args.negative)}")
+    try:
+        kwargs = dict(prompts=prompts, negatives=args.negative, preset=args.preset, seed=args.seed,
                       overrides={"guidance": args.guidance, "steps": args.steps}, allow_unknown=args.allow_unknown_prompts,
                       progress=_progress_printer())
         if args.task == "separate":
@@ -191,6 +230,76 @@ def run_task(args: argparse.Namespace) -> int:
         write_audio(path, audio, rate)
         print(path)
     return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from stemweave.cli.evaluate import machine
+    from stemweave.engine.audio_io import atomic_write
+    from stemweave.engine.evaluate import test_tracks
+    from stemweave.engine.gmsdi import evaluation
+    from stemweave.engine.gmsdi.inference import GMSDIModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name, value in (("--tracks", args.tracks), ("--clips", args.clips), ("--steps", args.steps or 1)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if args.seconds <= 0:
+        raise UserError(f"--seconds must be above 0, got {args.seconds:g}")
+    guidances = tuple(args.guidance or evaluation.GUIDANCES)
+    if any(not 0 <= w <= 100 for w in guidances):
+        raise UserError(f"--guidance values must lie in [0, 100], got {list(guidances)}")
+    tables = args.table or ["1", "2", "fig2"]
+    compare = []
+    for path in args.compare:
+        try:
+            compare += json.loads(path.read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"--compare {path}: not a `stemweave evaluate --json` report ({error})") from None
+    try:
+        model = GMSDIModel.load(args.model, args.device)
+        labels = tuple(model.vocabulary)
+        tracks = test_tracks(str(args.data), model.window, labels, model.rate, args.tracks, args.seconds)
+        valid = (test_tracks(str(args.valid), model.window, labels, model.rate, args.tracks, args.seconds)
+                 if "2" in tables else None)
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    if tracks[0][1].shape[-1] < 4 * model.rate:
+        raise UserError(f"--seconds {args.seconds:g} gives {tracks[0][1].shape[-1] / model.rate:.2f} s per track: the "
+                        "MSDM protocol scores 4 s windows, so give at least 4.5")
+    out = {"model": str(args.model), "model_steps": model.card.get("training", {}).get("steps"), "data": str(args.data),
+           "tracks": len(tracks), "seconds_per_track": args.seconds, "steps": args.steps or "preset",
+           "machine": machine(), "command": " ".join(sys.argv)}
+    if "1" in tables:
+        rows = evaluation.table1(model, labels, tracks, guidances, args.steps, args.seed)
+        out["table1"] = [r.as_dict() for r in rows]
+        _print_rows("Table 1: SI-SDRi (dB) over the guidance w", labels, out["table1"])
+    if "2" in tables:
+        rows, choice = evaluation.table2(model, labels, tracks, valid, args.steps, args.seed)
+        out["table2"] = [r.as_dict() for r in rows] + compare
+        out["ensemble_choice"] = choice
+        _print_rows(f"Table 2 (ensemble: {choice})", labels, out["table2"])
+    if "fig2" in tables:
+        real = np.concatenate([refs.reshape(len(labels), -1, model.window).transpose(1, 0, 2) for _, refs in tracks])
+        out["fig2"] = evaluation.fig2(model, labels, real, args.clips, args.steps, args.seed)
+        print("\nFig. 2: single-stem prompts\n| prompt | negative | silent | Fréchet (mel) | level dBFS |\n|---|---|---|---|---|")
+        for row in out["fig2"]:
+            print(f"| {row['prompt']} | {row['negative'] or '-'} | {row['silent']:.0%} | {row['frechet']:.1f} | "
+                  f"{row['rms_dbfs']:.1f} |")
+    if args.json:
+        text = json.dumps(out, indent=2, default=float) + "\n"
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
+    return 0
+
+
+def _print_rows(title: str, labels, rows: list[dict]) -> None:
+    print(f"\n{title}\n| method | {' | '.join(labels)} | overall | s per 12 s |\n|---|{'---|' * (len(labels) + 2)}")
+    for row in rows:
+        stems = " | ".join(f"{row['si_sdri'].get(s, float('nan')):.2f}" for s in labels)
+        seconds = row.get("seconds_per_12s")
+        print(f"| {row['method']} | {stems} | {row['overall']:.2f} | {'-' if seconds is None else f'{seconds:.1f}'} |")
 
 
 def _slug(prompt: str) -> str:
