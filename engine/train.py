@@ -20,16 +20,13 @@ process draws its own data stream, rank 0 logs, validates and checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import math
 import os
-import signal
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +36,7 @@ from stemweave.engine.checkpoints import atomic_torch_save, save_model
 from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_training_sigma
 from stemweave.engine.metrics import si_sdr
 from stemweave.engine.models import MODEL_DIR, RegressionSeparator
+from stemweave.engine.steps import RunState, Schedule, run_steps
 from stemweave.engine.unet import UNet1d, count_parameters, load_config
 
 STEMS = ("bass", "drums", "guitar", "piano")
@@ -179,36 +177,6 @@ def validate(model: Objective, windows: torch.Tensor, batch: int, device: torch.
     return results
 
 
-class StepLog:
-    """Averages loss terms over the steps since the last report; a report writes one metrics.jsonl line, the
-    progress bar's postfix and, without a bar, a log line. One home for every training loop's logging."""
-
-    def __init__(self, metrics, bar, log: Callable[[str], None], quiet: bool):
-        self.metrics, self.bar, self.log, self.quiet = metrics, bar, log, quiet
-        self._reset()
-
-    def _reset(self) -> None:
-        self.started, self.steps, self.terms = time.time(), 0, {}
-
-    def add(self, **terms: float) -> None:
-        self.steps += 1
-        for key, value in terms.items():
-            self.terms[key] = self.terms.get(key, 0.0) + float(value)
-
-    def report(self, step: int, **extra: float) -> dict:
-        rate = self.steps / max(time.time() - self.started, 1e-9)
-        means = {key: total / max(self.steps, 1) for key, total in self.terms.items()}
-        record = {"step": step, **means, **extra, "steps_per_s": rate, "time": time.time()}
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
-        self.bar.set_postfix(**{k: f"{v:.4f}" for k, v in means.items()}, steps_s=f"{rate:.2f}")
-        if self.quiet:
-            self.log(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                     + f" {rate:.2f} steps/s ({rate * 3600:.0f}/h)")
-        self._reset()
-        return record
-
-
 class EMA:
     """Exponential moving average of a module's parameters (buffers copied), with a short warm-up."""
 
@@ -242,35 +210,6 @@ def _take_windows(dataset: Iterable, n: int) -> torch.Tensor:
         if len(windows) >= n:
             break
     return torch.stack(windows)
-
-
-class StopRequested:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading_is_main():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _settings_record(settings: TrainSettings) -> dict[str, Any]:
@@ -312,7 +251,7 @@ def train(
     optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
     generator = torch.Generator().manual_seed(settings.seed + 1 + 1000 * rank)  # sigma and noise draws, per rank
-    step, history_seconds = 0, 0.0
+    run = RunState()
 
     resume_from = None
     if settings.resume == "auto" and checkpoint_path.exists():
@@ -339,8 +278,8 @@ def train(
             generator.set_state(state["generator"])
         else:
             generator.manual_seed(settings.seed + 1 + 1000 * rank + int(state["step"]))
-        step, history_seconds = int(state["step"]), float(state["seconds"])
-        log(f"resumed {resume_from} at step {step}")
+        run = RunState(step=int(state["step"]), seconds=float(state["seconds"]))
+        log(f"resumed {resume_from} at step {run.step}")
 
     if dataset is None:
         if not settings.data:
@@ -350,7 +289,7 @@ def train(
         dataset = StemChunks(list(settings.data), config["window"], stems=stems, rate=config["rate"],
                              augment=True, seed=settings.seed + rank)
     if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(step)  # a resumed run gets a new, seeded stream, not a replay of the first windows
+        dataset.set_epoch(run.step)  # a resumed run gets a new, seeded stream, not a replay of the first windows
     if valid_dataset is None and settings.valid:
         from stemweave.engine.data.datasets import StemChunks
 
@@ -367,78 +306,54 @@ def train(
     parameters = count_parameters(net)
     log(f"{settings.kind()} {config.get('name')} ({parameters / 1e6:.2f}M parameters) on {device}, "
         f"{torch.get_num_threads()} threads, batch {hp['batch']} x {config['window']} samples, stems {list(stems)}, "
-        f"steps {step} -> {settings.steps}" + (f", {world} processes (DDP)" if world > 1 else ""))
+        f"steps {run.step} -> {settings.steps}" + (f", {world} processes (DDP)" if world > 1 else ""))
 
     def save_checkpoint() -> None:
         if rank != 0:
             return
         atomic_torch_save(
             {
-                "step": step,
-                "seconds": history_seconds,
+                "step": run.step,
+                "seconds": run.seconds,
                 "net": net.state_dict(),
                 "ema": ema.module.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(),
                 "config": config,
                 "settings": _settings_record(settings),
-                "last_validation": last_validation,
+                "last_validation": run.last_validation,
             },
             checkpoint_path,
         )
 
-    metrics_file = run_dir / "metrics.jsonl"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    def train_step(step: int) -> tuple[dict[str, float], dict[str, float]]:
+        stems_batch = next(batches).to(device, non_blocking=True)  # (batch, K, time)
+        with autocast:
+            loss = trained(stems_batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
+        optimizer.step()
+        ema.update(model, step)
+        return {"loss": loss.item()}, {"grad_norm": float(grad_norm)}
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    last_validation: dict[str, float] = {}
-    last_loss = float("nan")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
-    bar = _progress(settings, step, enabled=rank == 0)
-    last_save = time.time()
+    schedule = Schedule(settings.steps, settings.log_every, hp["valid_every"], hp["checkpoint_every"],
+                        settings.checkpoint_minutes, settings.progress)
     model.train()
-    with StopRequested() as stop, open(metrics_file if rank == 0 else os.devnull, "a") as metrics:
-        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
-        try:
-            while step < settings.steps and not _stop_agreed(stop.requested, world, device):
-                t0 = time.time()
-                stems_batch = next(batches).to(device, non_blocking=True)  # (batch, K, time)
-                with autocast:
-                    loss = trained(stems_batch, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
-                optimizer.step()
-                ema.update(model, step)
-                step += 1
-                history_seconds += time.time() - t0
-                last_loss = loss.item()
-                steps_log.add(loss=last_loss)
-                bar.update(1)
-                if step % settings.log_every == 0 or step == settings.steps:
-                    steps_log.report(step, grad_norm=float(grad_norm))
-                if valid_windows is not None and (step % hp["valid_every"] == 0 or step == settings.steps):
-                    last_validation = validate(ema.module, valid_windows, hp["batch"], device, settings.seed)
-                    metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")
-                    metrics.flush()
-                    log(f"step {step} validation (EMA): " + ", ".join(f"{k} {v:.4g}" for k, v in last_validation.items()))
-                if step % hp["checkpoint_every"] == 0 or time.time() - last_save > 60 * settings.checkpoint_minutes:
-                    save_checkpoint()
-                    last_save = time.time()
-        finally:
-            bar.close()
-            save_checkpoint()
-            log(f"checkpoint at step {step}: {checkpoint_path}")
-            if world > 1:
-                torch.distributed.destroy_process_group()
-    return {"step": step, "loss": last_loss, "validation": last_validation, "checkpoint": str(checkpoint_path),
-            "parameters": parameters, "seconds": history_seconds}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    try:
+        run_steps(run, schedule, train_step, save_checkpoint, log=log,
+                  metrics_path=run_dir / "metrics.jsonl" if rank == 0 else None,
+                  validate=(lambda: validate(ema.module, valid_windows, hp["batch"], device, settings.seed))
+                  if valid_windows is not None else None,
+                  stop_agreed=lambda requested: _stop_agreed(requested, world, device), show_progress=rank == 0)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    return {"step": run.step, "loss": run.last_loss, "validation": run.last_validation, "checkpoint": str(checkpoint_path),
+            "parameters": parameters, "seconds": run.seconds}
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
@@ -463,14 +378,6 @@ def _stop_agreed(requested: bool, world: int, device: torch.device) -> bool:
     flag = torch.tensor([float(requested)], device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag.item())
-
-
-def _progress(settings: TrainSettings, step: int, enabled: bool = True):
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(total=settings.steps, initial=step, disable=not (settings.progress and enabled), unit="step", dynamic_ncols=True,
-                mininterval=1.0 if interactive else 60.0, file=sys.stderr)
 
 
 def export_model(

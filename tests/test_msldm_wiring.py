@@ -10,7 +10,7 @@ import torch
 
 from stemweave.engine import models
 from stemweave.engine.latent.prior import LatentPrior
-from stemweave.engine.latent.train import load_msldm, save_msldm
+from stemweave.engine.latent.train import save_msldm
 from stemweave.engine.latent.vae import SourceVAE
 from stemweave.engine.unet import UNet1d
 

@@ -171,7 +171,7 @@ def run(
         raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
     if not isinstance(model, GMSDIModel):
         model = GMSDIModel.load(model, device)
-    preset = _with_overrides(load_gmsdi_preset(preset or DEFAULT_PRESETS[task]) if not isinstance(preset, GMSDIPreset)
+    preset = with_overrides(load_gmsdi_preset(preset or DEFAULT_PRESETS[task]) if not isinstance(preset, GMSDIPreset)
                              else preset, overrides or {})
     if preset.task != task:
         raise ValueError(f"preset {preset.name!r} is for {preset.task}, not {task}")
@@ -226,7 +226,7 @@ def choose_methods(model: GMSDIModel, prompts: Sequence[str], valid_roots, *, en
     protocol, engine/evaluate.py), and per stem the better one. Returns (choice {prompt: method}, scores)."""
     from stemweave.engine.evaluate import evaluate_separation, test_tracks
 
-    preset = _with_overrides(load_gmsdi_preset(ensemble) if not isinstance(ensemble, GMSDIPreset) else ensemble,
+    preset = with_overrides(load_gmsdi_preset(ensemble) if not isinstance(ensemble, GMSDIPreset) else ensemble,
                              overrides or {})
     labels = tuple(prompts)
     references = test_tracks(valid_roots, model.window, labels, model.rate, tracks=tracks, seconds=seconds)
@@ -304,7 +304,8 @@ def _continue_windows(prior, preset, known, mask, model, overlap, generator, rep
     return state[:, : known.shape[-1]]
 
 
-def _with_overrides(preset: GMSDIPreset, overrides: Mapping[str, Any]) -> GMSDIPreset:
+def with_overrides(preset: GMSDIPreset, overrides: Mapping[str, Any]) -> GMSDIPreset:
+    """The preset with the CLI's or a job's settings (None = keep); unknown keys are a ValueError."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     sampler_keys = set(SamplerSettings.__dataclass_fields__)
     sampler = {k: v for k, v in overrides.items() if k in sampler_keys}
@@ -315,7 +316,7 @@ def _with_overrides(preset: GMSDIPreset, overrides: Mapping[str, Any]) -> GMSDIP
     new = replace(preset, sampler=replace(preset.sampler, **sampler), **rest)
     if new.parts:  # an ensemble: sampler settings and w apply to both of its methods
         shared = {**sampler, **({"guidance": rest["guidance"]} if "guidance" in rest else {})}
-        new = replace(new, parts=tuple(_with_overrides(p, shared) for p in new.parts))
+        new = replace(new, parts=tuple(with_overrides(p, shared) for p in new.parts))
     return new
 
 

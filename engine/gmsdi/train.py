@@ -44,7 +44,8 @@ from stemweave.engine.checkpoints import CARD_FORMAT, atomic_torch_save
 from stemweave.engine.denoiser import edm_loss, sample_training_sigma
 from stemweave.engine.gmsdi.model import TextDenoiser, TextUNet1d, text_unet_config
 from stemweave.engine.gmsdi.text import DEFAULT_ENCODER, TextEncoder, caption
-from stemweave.engine.train import EMA, VALID_SIGMAS, StepLog, StopRequested, _infinite, _progress, pick_device
+from stemweave.engine.steps import RunState, Schedule, run_steps
+from stemweave.engine.train import EMA, VALID_SIGMAS, _infinite, pick_device
 from stemweave.engine.unet import count_parameters, load_config
 
 LABELS = ("bass", "drums", "guitar", "piano")
@@ -221,7 +222,7 @@ def train_gmsdi(settings: GMSDISettings, dataset: Iterable | None = None, valid_
     optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    step, seconds = 0, 0.0
+    run = RunState()
     resume_from = checkpoint_path if settings.resume == "auto" and checkpoint_path.exists() else None
     if settings.resume not in ("auto", "never"):
         resume_from = Path(settings.resume)
@@ -233,13 +234,13 @@ def train_gmsdi(settings: GMSDISettings, dataset: Iterable | None = None, valid_
         ema.module.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        step, seconds = int(state["step"]), float(state["seconds"])
-        log(f"resumed {resume_from} at step {step}")
+        run = RunState(step=int(state["step"]), seconds=float(state["seconds"]))
+        log(f"resumed {resume_from} at step {run.step}")
 
     if dataset is None:
         dataset = _mixture_stream(settings.data, config, settings.labels, settings.seed, augment=True)
     if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(step)
+        dataset.set_epoch(run.step)
     valid = None
     if valid_dataset is None and settings.valid:
         valid_dataset = _mixture_stream(settings.valid, config, settings.labels, 12345, augment=False)
@@ -250,54 +251,37 @@ def train_gmsdi(settings: GMSDISettings, dataset: Iterable | None = None, valid_
     batches = _infinite(loader)
     log(f"gmsdi {config.get('name')} ({count_parameters(net) / 1e6:.2f}M parameters) on {device}, "
         f"{torch.get_num_threads()} threads, batch {hp['batch']} x {config['window']} samples, labels {list(settings.labels)}, "
-        f"encoder {settings.encoder} ({features} features), steps {step} -> {settings.steps}")
-
-    last_validation: dict[str, float] = {}
+        f"encoder {settings.encoder} ({features} features), steps {run.step} -> {settings.steps}")
 
     def save_checkpoint() -> None:
-        atomic_torch_save({"step": step, "seconds": seconds, "net": net.state_dict(), "ema": ema.module.state_dict(),
-                           "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "config": config,
-                           "settings": _record(settings), "text": {"encoder": settings.encoder, "features": features},
-                           "last_validation": last_validation}, checkpoint_path)
+        atomic_torch_save({"step": run.step, "seconds": run.seconds, "net": net.state_dict(),
+                           "ema": ema.module.state_dict(), "optimizer": optimizer.state_dict(),
+                           "generator": generator.get_state(), "config": config, "settings": _record(settings),
+                           "text": {"encoder": settings.encoder, "features": features},
+                           "last_validation": run.last_validation}, checkpoint_path)
 
-    bar = _progress(settings, step)
-    last_loss, last_save = float("nan"), time.time()
+    def train_step(step: int) -> tuple[dict[str, float], dict[str, float]]:
+        mixtures, captions = next(batches)
+        mixtures = mixtures.to(device)  # (batch, 1, time): mixtures only
+        loss = model(mixtures, encoder.embed(captions).to(device), generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
+        optimizer.step()
+        ema.update(model, step)
+        return {"loss": loss.item()}, {"grad_norm": float(grad_norm)}
+
+    def validate() -> dict[str, float]:
+        ema.module.eval()
+        return ema.module.validate(*valid, hp["batch"], settings.seed)
+
     model.train()
-    with StopRequested() as stop, open(run_dir / "metrics.jsonl", "a") as metrics:
-        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
-        try:
-            while step < settings.steps and not stop.requested:
-                t0 = time.time()
-                mixtures, captions = next(batches)
-                mixtures = mixtures.to(device)  # (batch, 1, time): mixtures only
-                loss = model(mixtures, encoder.embed(captions).to(device), generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
-                optimizer.step()
-                ema.update(model, step)
-                step += 1
-                seconds += time.time() - t0
-                last_loss = loss.item()
-                steps_log.add(loss=last_loss)
-                bar.update(1)
-                if step % settings.log_every == 0 or step == settings.steps:
-                    steps_log.report(step, grad_norm=float(grad_norm))
-                if valid is not None and (step % hp["valid_every"] == 0 or step == settings.steps):
-                    ema.module.eval()
-                    last_validation = ema.module.validate(*valid, hp["batch"], settings.seed)
-                    metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")
-                    metrics.flush()
-                    log(f"step {step} validation (EMA): " + ", ".join(f"{k} {v:.4g}" for k, v in last_validation.items()))
-                if step % hp["checkpoint_every"] == 0 or time.time() - last_save > 60 * settings.checkpoint_minutes:
-                    save_checkpoint()
-                    last_save = time.time()
-        finally:
-            bar.close()
-            save_checkpoint()
-            log(f"checkpoint at step {step}: {checkpoint_path}")
-    return {"step": step, "loss": last_loss, "validation": last_validation, "checkpoint": str(checkpoint_path),
-            "seconds": seconds}
+    schedule = Schedule(settings.steps, settings.log_every, hp["valid_every"], hp["checkpoint_every"],
+                        settings.checkpoint_minutes, settings.progress)
+    run_steps(run, schedule, train_step, save_checkpoint, metrics_path=run_dir / "metrics.jsonl", log=log,
+              validate=validate if valid is not None else None)
+    return {"step": run.step, "loss": run.last_loss, "validation": run.last_validation,
+            "checkpoint": str(checkpoint_path), "seconds": run.seconds}
 
 
 def _mixture_stream(roots: Sequence[str], config: dict, labels: Sequence[str], seed: int, augment: bool) -> MixtureCaptions:

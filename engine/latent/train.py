@@ -43,7 +43,8 @@ from stemweave.engine.latent.vae import (
 )
 from stemweave.engine.metrics import SILENCE_THRESHOLD, si_sdr
 from stemweave.engine.models import MODEL_DIR, resolve_model
-from stemweave.engine.train import EMA, CHECKPOINT, StepLog, StopRequested, _infinite, _progress, pick_device
+from stemweave.engine.steps import RunState, Schedule, run_steps
+from stemweave.engine.train import EMA, CHECKPOINT, _infinite, pick_device
 from stemweave.engine.unet import UNet1d, count_parameters
 
 STEMS = ("bass", "drums", "guitar", "piano")
@@ -233,7 +234,7 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
         disc = Discriminator().to(device)
         disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=lr, betas=betas)
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    step, seconds = 0, 0.0
+    run = RunState()
     resume_from = checkpoint_path if settings.resume == "auto" and checkpoint_path.exists() else (
         Path(settings.resume) if settings.resume not in ("auto", "never") else None)
     if resume_from is not None:
@@ -247,8 +248,8 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
             disc.load_state_dict(state["disc"])
             disc_optimizer.load_state_dict(state["disc_optimizer"])
         generator.set_state(state["generator"])
-        step, seconds = int(state["step"]), float(state["seconds"])
-        log(f"resumed {resume_from} at step {step}")
+        run = RunState(step=int(state["step"]), seconds=float(state["seconds"]))
+        log(f"resumed {resume_from} at step {run.step}")
 
     segment = vae.samples_for(hp.get("segment_frames", 32))
     if dataset is None:
@@ -257,7 +258,7 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
         from stemweave.engine.data.datasets import StemChunks
 
         dataset = StemChunks(list(settings.data), segment, stems=settings.stems, rate=vae.rate, augment=True,
-                             seed=settings.seed + step)
+                             seed=settings.seed + run.step)
     if valid_windows is None and settings.valid:
         from stemweave.engine.data.datasets import StemChunks
 
@@ -269,66 +270,46 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
     parameters = count_parameters(vae)
     log(f"SourceVAE {config.get('name')} ({parameters / 1e6:.2f}M parameters, hop {vae.hop}, C {vae.latent_dim}) on "
         f"{device}, {torch.get_num_threads()} threads, batch {batch} x {segment} samples, adversarial {adversarial}, "
-        f"steps {step} -> {settings.steps}")
+        f"steps {run.step} -> {settings.steps}")
 
     def save_checkpoint():
-        atomic_torch_save({"step": step, "seconds": seconds, "vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "disc": disc.state_dict() if disc else None,
+        atomic_torch_save({"step": run.step, "seconds": run.seconds, "vae": vae.state_dict(),
+                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "disc": disc.state_dict() if disc else None,
                            "disc_optimizer": disc_optimizer.state_dict() if disc else None,
                            "generator": generator.get_state(), "config": config,
                            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
-                           "last_validation": last_validation}, checkpoint_path)
+                           "last_validation": run.last_validation}, checkpoint_path)
+
+    def train_step(step: int) -> tuple[dict[str, float], dict[str, float]]:
+        audio = _single_stems(next(batches), batch).to(device)  # (B, 1, N)
+        kl_factor = min(1.0, (step + 1) / hp["kl_warmup"]) if hp.get("kl_warmup") else 1.0
+        total, terms, recon = vae_loss(vae, audio, losses, generator, kl_factor)
+        if disc is not None:
+            d_loss = discriminator_loss(disc(audio), disc(recon.detach()))
+            disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_optimizer.step()
+            adv, feat = generator_losses(disc(audio), disc(recon))
+            total = total + losses.adversarial * adv + losses.features * feat
+            terms.update(adv=adv, features=feat, disc=d_loss)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), hp.get("grad_clip", 100.0))
+        optimizer.step()
+        scheduler.step()
+        return {key: float(value.detach() if torch.is_tensor(value) else value)
+                for key, value in {"loss": total, **terms}.items()}, {}
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    last_validation: dict[str, float] = {}
-    first_loss = last_loss = float("nan")
-    last_save = time.time()
-    bar = _progress(settings, step)
     vae.train()
-    with StopRequested() as stop, open(run_dir / "metrics.jsonl", "a") as metrics:
-        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
-        try:
-            while step < settings.steps and not stop.requested:
-                t0 = time.time()
-                audio = _single_stems(next(batches), batch).to(device)  # (B, 1, N)
-                kl_factor = min(1.0, (step + 1) / hp["kl_warmup"]) if hp.get("kl_warmup") else 1.0
-                total, terms, recon = vae_loss(vae, audio, losses, generator, kl_factor)
-                if disc is not None:
-                    d_loss = discriminator_loss(disc(audio), disc(recon.detach()))
-                    disc_optimizer.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    disc_optimizer.step()
-                    adv, feat = generator_losses(disc(audio), disc(recon))
-                    total = total + losses.adversarial * adv + losses.features * feat
-                    terms.update(adv=adv, features=feat, disc=d_loss)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), hp.get("grad_clip", 100.0))
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                seconds += time.time() - t0
-                last_loss = float(total.detach())
-                first_loss = last_loss if math.isnan(first_loss) else first_loss
-                steps_log.add(**{key: float(value.detach() if torch.is_tensor(value) else value)
-                                 for key, value in {"loss": total.detach(), **terms}.items()})
-                bar.update(1)
-                if step % settings.log_every == 0 or step == settings.steps:
-                    steps_log.report(step)
-                if valid_windows is not None and (step % settings.valid_every == 0 or step == settings.steps):
-                    last_validation = validate_vae(vae, valid_windows, settings.stems, losses)
-                    metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")
-                    metrics.flush()
-                    log(f"step {step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in last_validation.items()))
-                if step % checkpoint_every == 0 or time.time() - last_save > 60 * settings.checkpoint_minutes:
-                    save_checkpoint()
-                    last_save = time.time()
-        finally:
-            bar.close()
-            save_checkpoint()
-            log(f"checkpoint at step {step}: {checkpoint_path}")
-    return {"step": step, "first_loss": first_loss, "loss": last_loss, "validation": last_validation,
-            "checkpoint": str(checkpoint_path), "parameters": parameters, "seconds": seconds}
+    schedule = Schedule(settings.steps, settings.log_every, settings.valid_every, checkpoint_every,
+                        settings.checkpoint_minutes, settings.progress)
+    run_steps(run, schedule, train_step, save_checkpoint, metrics_path=run_dir / "metrics.jsonl", log=log,
+              validate=(lambda: validate_vae(vae, valid_windows, settings.stems, losses))
+              if valid_windows is not None else None)
+    return {"step": run.step, "first_loss": run.first_loss, "loss": run.last_loss, "validation": run.last_validation,
+            "checkpoint": str(checkpoint_path), "parameters": parameters, "seconds": run.seconds}
 
 
 def export_vae(run_dir: str | Path, name: str, out_dir: str | Path = MODEL_DIR, fp16: bool = False) -> tuple[Path, Path]:
@@ -507,7 +488,7 @@ def train_prior(settings: PriorTrainSettings, dataset=None, valid_windows: torch
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(hp.get("betas", (0.9, 0.99))))
     ema = EMA(denoiser, hp.get("ema_decay", 0.999))
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    step, seconds = 0, 0.0
+    run = RunState()
     resume_from = checkpoint_path if settings.resume == "auto" and checkpoint_path.exists() else (
         Path(settings.resume) if settings.resume not in ("auto", "never") else None)
     if resume_from is not None:
@@ -518,65 +499,44 @@ def train_prior(settings: PriorTrainSettings, dataset=None, valid_windows: torch
         ema.module.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        step, seconds = int(state["step"]), float(state["seconds"])
-        log(f"resumed {resume_from} at step {step}")
+        run = RunState(step=int(state["step"]), seconds=float(state["seconds"]))
+        log(f"resumed {resume_from} at step {run.step}")
     if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(step)
+        dataset.set_epoch(run.step)
     batches = _infinite(torch.utils.data.DataLoader(dataset, batch_size=batch))
     parameters = count_parameters(net)
     log(f"MSLDM prior {config.get('name')} ({parameters / 1e6:.2f}M parameters) on {device}, "
         f"{torch.get_num_threads()} threads, batch {batch} x {unet_config['in_channels']} channels x {frames} frames, "
-        f"sigma ~ U({sigma_min}, {sigma_max}), steps {step} -> {settings.steps}")
+        f"sigma ~ U({sigma_min}, {sigma_max}), steps {run.step} -> {settings.steps}")
 
     def save_checkpoint():
-        atomic_torch_save({"step": step, "seconds": seconds, "net": net.state_dict(), "ema": ema.module.state_dict(),
-                           "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "config": config,
-                           "unet": unet_config, "stems": list(stems), "manifest": {k: v for k, v in manifest.items()
-                                                                                   if k != "tracks"},
-                           "settings": asdict(settings), "last_validation": last_validation}, checkpoint_path)
+        atomic_torch_save({"step": run.step, "seconds": run.seconds, "net": net.state_dict(),
+                           "ema": ema.module.state_dict(), "optimizer": optimizer.state_dict(),
+                           "generator": generator.get_state(), "config": config, "unet": unet_config,
+                           "stems": list(stems), "manifest": {k: v for k, v in manifest.items() if k != "tracks"},
+                           "settings": asdict(settings), "last_validation": run.last_validation}, checkpoint_path)
+
+    def train_step(step: int) -> tuple[dict[str, float], dict[str, float]]:
+        x0 = next(batches).to(device)  # (batch, K*C, frames)
+        sigma = sample_training_sigma(x0.shape[0], sigma_min, sigma_max, generator).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        loss = latent_edm_loss(denoiser, x0, sigma, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), hp.get("grad_clip", 1.0))
+        optimizer.step()
+        ema.update(denoiser, step)
+        return {"loss": loss.item()}, {}
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    last_validation: dict[str, float] = {}
-    first_loss = last_loss = float("nan")
-    last_save = time.time()
-    bar = _progress(settings, step)
     denoiser.train()
-    with StopRequested() as stop, open(run_dir / "metrics.jsonl", "a") as metrics:
-        steps_log = StepLog(metrics, bar, log, quiet=not settings.progress)
-        try:
-            while step < settings.steps and not stop.requested:
-                t0 = time.time()
-                x0 = next(batches).to(device)  # (batch, K*C, frames)
-                sigma = sample_training_sigma(x0.shape[0], sigma_min, sigma_max, generator).to(device)
-                noise = torch.randn(x0.shape, generator=generator).to(device)
-                loss = latent_edm_loss(denoiser, x0, sigma, noise)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), hp.get("grad_clip", 1.0))
-                optimizer.step()
-                ema.update(denoiser, step)
-                step += 1
-                seconds += time.time() - t0
-                last_loss = loss.item()
-                first_loss = last_loss if math.isnan(first_loss) else first_loss
-                steps_log.add(loss=last_loss)
-                bar.update(1)
-                if step % settings.log_every == 0 or step == settings.steps:
-                    steps_log.report(step)
-                if valid_windows is not None and (step % settings.valid_every == 0 or step == settings.steps):
-                    last_validation = validate_prior(ema.module, valid_windows.to(device), settings.seed)
-                    metrics.write(json.dumps({"step": step, "valid": last_validation}) + "\n")
-                    metrics.flush()
-                    log(f"step {step} validation (EMA): " + ", ".join(f"{k} {v:.4g}" for k, v in last_validation.items()))
-                if step % checkpoint_every == 0 or time.time() - last_save > 60 * settings.checkpoint_minutes:
-                    save_checkpoint()
-                    last_save = time.time()
-        finally:
-            bar.close()
-            save_checkpoint()
-            log(f"checkpoint at step {step}: {checkpoint_path}")
-    return {"step": step, "first_loss": first_loss, "loss": last_loss, "validation": last_validation,
-            "checkpoint": str(checkpoint_path), "parameters": parameters, "seconds": seconds}
+    schedule = Schedule(settings.steps, settings.log_every, settings.valid_every, checkpoint_every,
+                        settings.checkpoint_minutes, settings.progress)
+    run_steps(run, schedule, train_step, save_checkpoint, metrics_path=run_dir / "metrics.jsonl", log=log,
+              validate=(lambda: validate_prior(ema.module, valid_windows.to(device), settings.seed))
+              if valid_windows is not None else None)
+    return {"step": run.step, "first_loss": run.first_loss, "loss": run.last_loss, "validation": run.last_validation,
+            "checkpoint": str(checkpoint_path), "parameters": parameters, "seconds": run.seconds}
 
 
 def export_msldm(run_dir: str | Path, vae: str | Path, name: str, out_dir: str | Path = MODEL_DIR,
