@@ -143,7 +143,13 @@ class LoopPlayer:
 
     @property
     def playing(self) -> bool:
+        """Audible now (a stop fades out first)."""
         return self._running
+
+    @property
+    def started(self) -> bool:
+        """Asked to play: what the controller last set with play()."""
+        return self._run
 
     # Audio thread --------------------------------------------------------------------------------------------
     def callback(self, outdata: np.ndarray, frames: int, time_info=None, status=None) -> None:
@@ -728,7 +734,7 @@ class LoopEngine:
     def status(self) -> dict:
         with self._lock:
             s = self.settings
-            status = {"playing": self.player._run, "tempo": s.tempo, "bars": s.bars,
+            status = {"playing": self.player.started, "tempo": s.tempo, "bars": s.bars,
                       "beats_per_bar": BEATS_PER_BAR, "stems": list(s.stems) or list(self.model_stems or ()),
                       "source": s.source, "preset": s.preset, "tempo_source": s.tempo_source}
         current = self.player.current

@@ -530,7 +530,7 @@ class Server:
                                           "(docs/osc.md) and start a loop (/stemweave/loop/start)")
         newest = engine.newest_loop()
         if newest is None:
-            self._send(identity, P.Loop(req=message.req, serial=0, version=0, playing=bool(engine.player._run)))
+            self._send(identity, P.Loop(req=message.req, serial=0, version=0, playing=engine.player.started))
             return
         loop, gains = newest
         if self._loop_mix is None or self._loop_mix[0] is not loop or self._loop_mix[1] != gains:
@@ -541,7 +541,7 @@ class Server:
                                     bars=int(loop.bars), beats_per_bar=BEATS_PER_BAR,
                                     bar_frames=int(loop.bar_frames), rate=int(engine.rate),
                                     channels=int(mix.shape[0]), frames=int(mix.shape[1]),
-                                    playing=bool(engine.player._run), stems=list(loop.stems),
+                                    playing=engine.player.started, stems=list(loop.stems),
                                     mix=None if message.since == version else mix))
 
     def _on_unload(self, identity, message: P.Unload) -> None:
