@@ -35,6 +35,8 @@ class RunState:
 
 @dataclass
 class Schedule:
+    """When to stop, log, validate and checkpoint (in steps; a checkpoint also every checkpoint_minutes)."""
+
     steps: int
     log_every: int
     valid_every: int
