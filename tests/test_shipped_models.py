@@ -13,7 +13,7 @@ LIMIT = 30 * 1024 * 1024
 
 
 def test_the_defaults_ship():
-    for name in (models.DEFAULT_SEPARATOR, models.DEFAULT_PRIOR, models.DEFAULT_MSLDM):
+    for name in (models.DEFAULT_SEPARATOR, models.DEFAULT_PRIOR, models.DEFAULT_MSLDM, models.DEFAULT_GMSDI):
         assert name in SHIPPED
     assert models.list_models("isdm"), "no ISDM model ships"
 
@@ -49,3 +49,17 @@ def test_the_shipped_separator_returns_stems_that_sum_to_the_mixture():
         stems = separator(mixture)
     assert stems.shape == (1, 4, mixture.shape[-1])
     assert torch.allclose(stems.sum(dim=1, keepdim=True), mixture, atol=1e-5)
+
+
+def test_the_shipped_gmsdi_model_denoises_from_its_packaged_captions():
+    from stemweave.engine.gmsdi.inference import GMSDIModel, load_gmsdi_preset
+
+    model = GMSDIModel.load(models.DEFAULT_GMSDI)
+    assert (models.MODEL_DIR / f"{models.DEFAULT_GMSDI}.text.safetensors").exists()
+    prior = model.prior(["bass", "drums, guitar"], None, load_gmsdi_preset("gmsdi-separate"))
+    torch.manual_seed(0)
+    clean = 0.1 * torch.randn(1, 2, model.window)
+    with torch.no_grad():
+        denoised = prior.denoise(clean + 0.01 * torch.randn_like(clean), 0.01)
+    assert denoised.shape == clean.shape and (denoised - clean).abs().max() < 0.1
+    assert model.encoder._model is None, "the shipped captions' embeddings come from the cache, no transformer load"

@@ -40,7 +40,7 @@ from stemweave.engine.sampler import SamplerSettings
 SEPARATION_METHODS = ("separator", "extractor", "ensemble")
 GMSDI_KEYS = {"method": str, "guidance": float, "constrained": str, "gamma_x": float, "gamma_y": float, "alpha": float,
               "beta": float, "separator": str, "extractor": str}
-DEFAULT_PRESETS = {"separate": "gmsdi-separate", "accompany": "gmsdi-accompany", "generate": "gmsdi-generate"}
+DEFAULT_PRESETS = {"separate": "gmsdi-extract", "accompany": "gmsdi-accompany", "generate": "gmsdi-generate"}
 
 
 @dataclass(frozen=True)

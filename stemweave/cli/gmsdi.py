@@ -110,7 +110,7 @@ def register(subparsers) -> None:
                        "accompany: those not given)")
         s.add_argument("--negative", nargs="+", default=None,
                        help="one negative prompt per prompt ('' for none; default: the preset's for known labels)")
-        s.add_argument("--preset", default=None, help="a gmsdi-* preset or .toml (default gmsdi-separate / -accompany / -generate)")
+        s.add_argument("--preset", default=None, help="a gmsdi-* preset or .toml (default gmsdi-extract / gmsdi-accompany / gmsdi-generate)")
         s.add_argument("--guidance", type=float, default=None, help="w, the CFG scale (overrides the preset)")
         s.add_argument("--steps", type=int, default=None)
         s.add_argument("--seed", type=int, default=0)
