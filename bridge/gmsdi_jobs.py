@@ -40,8 +40,7 @@ def stem_name(prompt: str) -> str:
 def validate(task: str, preset_name: str, params: dict[str, Any], vocabulary: list[str], given: list[str],
              has_audio: bool) -> dict[str, Any]:
     """The GMSDI part of a job spec, or ValueError with the message for the client."""
-    from stemweave.engine.gmsdi.inference import with_overrides
-    from stemweave.engine.gmsdi.inference import list_gmsdi_presets, load_gmsdi_preset
+    from stemweave.engine.gmsdi.inference import list_gmsdi_presets, load_gmsdi_preset, with_overrides
 
     if preset_name not in list_gmsdi_presets():
         raise ValueError(f"a GMSDI model takes a GMSDI preset ({', '.join(list_gmsdi_presets())}), not {preset_name!r}")
