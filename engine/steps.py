@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 TrainStep = Callable[[int], tuple[dict[str, float], dict[str, float]]]
 """One optimisation step at the given step number: (loss terms averaged into the log, "loss" first;
 values reported as they are at a log line, e.g. the gradient norm)."""
@@ -83,6 +85,15 @@ def run_steps(state: RunState, schedule: Schedule, train_step: TrainStep, save: 
             bar.close()
             save()
             log(f"checkpoint at step {state.step}")
+
+
+def descend(loss, optimizer, parameters, grad_clip: float) -> float:
+    """One gradient step: clear, backpropagate, clip the norm to grad_clip, update. Returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    return float(grad_norm)
 
 
 def _progress_bar(schedule: Schedule, step: int, enabled: bool):

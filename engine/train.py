@@ -36,7 +36,7 @@ from stemweave.engine.checkpoints import atomic_torch_save, save_model
 from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_training_sigma
 from stemweave.engine.metrics import si_sdr
 from stemweave.engine.models import MODEL_DIR, RegressionSeparator
-from stemweave.engine.steps import RunState, Schedule, run_steps
+from stemweave.engine.steps import RunState, Schedule, descend, run_steps
 from stemweave.engine.unet import UNet1d, count_parameters, load_config
 
 STEMS = ("bass", "drums", "guitar", "piano")
@@ -332,12 +332,9 @@ def train(
         stems_batch = next(batches).to(device, non_blocking=True)  # (batch, K, time)
         with autocast:
             loss = trained(stems_batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
-        optimizer.step()
+        grad_norm = descend(loss, optimizer, net.parameters(), hp["grad_clip"])
         ema.update(model, step)
-        return {"loss": loss.item()}, {"grad_norm": float(grad_norm)}
+        return {"loss": loss.item()}, {"grad_norm": grad_norm}
 
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = Schedule(settings.steps, settings.log_every, hp["valid_every"], hp["checkpoint_every"],

@@ -44,7 +44,7 @@ from stemweave.engine.checkpoints import CARD_FORMAT, atomic_torch_save
 from stemweave.engine.denoiser import edm_loss, sample_training_sigma
 from stemweave.engine.gmsdi.model import TextDenoiser, TextUNet1d, text_unet_config
 from stemweave.engine.gmsdi.text import DEFAULT_ENCODER, TextEncoder, caption
-from stemweave.engine.steps import RunState, Schedule, run_steps
+from stemweave.engine.steps import RunState, Schedule, descend, run_steps
 from stemweave.engine.train import EMA, VALID_SIGMAS, _infinite, pick_device
 from stemweave.engine.unet import count_parameters, load_config
 
@@ -264,12 +264,9 @@ def train_gmsdi(settings: GMSDISettings, dataset: Iterable | None = None, valid_
         mixtures, captions = next(batches)
         mixtures = mixtures.to(device)  # (batch, 1, time): mixtures only
         loss = model(mixtures, encoder.embed(captions).to(device), generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
-        optimizer.step()
+        grad_norm = descend(loss, optimizer, net.parameters(), hp["grad_clip"])
         ema.update(model, step)
-        return {"loss": loss.item()}, {"grad_norm": float(grad_norm)}
+        return {"loss": loss.item()}, {"grad_norm": grad_norm}
 
     def validate() -> dict[str, float]:
         ema.module.eval()

@@ -43,7 +43,7 @@ from stemweave.engine.latent.vae import (
 )
 from stemweave.engine.metrics import SILENCE_THRESHOLD, si_sdr
 from stemweave.engine.models import MODEL_DIR, resolve_model
-from stemweave.engine.steps import RunState, Schedule, run_steps
+from stemweave.engine.steps import RunState, Schedule, descend, run_steps
 from stemweave.engine.train import EMA, CHECKPOINT, _infinite, pick_device
 from stemweave.engine.unet import UNet1d, count_parameters
 
@@ -293,10 +293,7 @@ def train_vae(settings: VAETrainSettings, dataset=None, valid_windows: torch.Ten
             adv, feat = generator_losses(disc(audio), disc(recon))
             total = total + losses.adversarial * adv + losses.features * feat
             terms.update(adv=adv, features=feat, disc=d_loss)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), hp.get("grad_clip", 100.0))
-        optimizer.step()
+        descend(total, optimizer, vae.parameters(), hp.get("grad_clip", 100.0))
         scheduler.step()
         return {key: float(value.detach() if torch.is_tensor(value) else value)
                 for key, value in {"loss": total, **terms}.items()}, {}
@@ -521,10 +518,7 @@ def train_prior(settings: PriorTrainSettings, dataset=None, valid_windows: torch
         sigma = sample_training_sigma(x0.shape[0], sigma_min, sigma_max, generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         loss = latent_edm_loss(denoiser, x0, sigma, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), hp.get("grad_clip", 1.0))
-        optimizer.step()
+        descend(loss, optimizer, net.parameters(), hp.get("grad_clip", 1.0))
         ema.update(denoiser, step)
         return {"loss": loss.item()}, {}
 
