@@ -101,6 +101,18 @@ class RegressionSeparator(nn.Module):
         return project_to_mixture(self.net(mixture), mixture)  # (batch, K, time)
 
 
+def quality_warning(card: dict[str, Any]) -> str | None:
+    """One line for users when the card says the model measured below the project's bar, else None.
+
+    The card's `quality` entry ({"below_bar": bool, "note": str}) is written when a model is shipped,
+    from its measured metrics (README), so every surface (CLI, server `list`, plugin status) says the same.
+    """
+    quality = card.get("quality") or {}
+    if not quality.get("below_bar"):
+        return None
+    return f"{card.get('name', 'this model')} measures below the project's quality bar: {quality.get('note', 'see its card')}"
+
+
 def _load(name_or_path: str | Path, device) -> ModelFile:
     return load_model(resolve_model(name_or_path), device=device)
 
@@ -177,5 +189,6 @@ __all__ = [
     "load_separator",
     "model_kind",
     "project_to_mixture",
+    "quality_warning",
     "resolve_model",
 ]
