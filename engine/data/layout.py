@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import soundfile as sf
+import yaml
 
 from stemweave.engine.data.render import RenderedSong
 from stemweave.engine.data.songs import STEMS, Song, song_midi
@@ -79,66 +80,19 @@ def track_metadata(song: Song, rendered: RenderedSong, settings: dict, split: st
     }
 
 
-def _yaml_scalar(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid double-quoted YAML scalar
-
-
-def to_yaml(mapping: dict, indent: int = 0) -> str:
-    """Block-style YAML for nested mappings of scalars (all metadata.yaml needs)."""
-    lines = []
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            lines.append(f"{' ' * indent}{key}:")
-            lines.append(to_yaml(value, indent + 2).rstrip("\n"))
-        else:
-            lines.append(f"{' ' * indent}{key}: {_yaml_scalar(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _parse_scalar(text: str):
-    text = text.strip()
-    if text in ("", "~", "null", "Null", "NULL"):
-        return None
-    if text in ("true", "True", "TRUE"):
-        return True
-    if text in ("false", "False", "FALSE"):
-        return False
-    if text[0] in "\"'":
-        return json.loads(text) if text[0] == '"' else text[1:-1].replace("''", "'")
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def to_yaml(mapping: dict) -> str:
+    """metadata.yaml text (PyYAML, block style, keys in the order given, as Slakh2100 writes them)."""
+    return yaml.safe_dump(mapping, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def parse_yaml(text: str) -> dict:
-    """Read block-style YAML mappings of scalars, such as Slakh2100's metadata.yaml; list items are skipped."""
-    root: dict = {}
-    stack: list[tuple[int, dict]] = [(-1, root)]
-    for raw in text.splitlines():
-        line = raw.split(" #")[0].rstrip() if not raw.lstrip().startswith("#") else ""
-        if not line.strip() or line.lstrip().startswith("- ") or ":" not in line:
-            continue
-        indent = len(line) - len(line.lstrip())
-        key, _, value = line.strip().partition(":")
-        while stack[-1][0] >= indent:
-            stack.pop()
-        parent = stack[-1][1]
-        key = key.strip().strip("\"'")
-        if value.strip():
-            parent[key] = _parse_scalar(value)
-        else:
-            parent[key] = {}
-            stack.append((indent, parent[key]))
-    return root
+    """A metadata.yaml's mapping (PyYAML's safe loader: Slakh2100's files and ours); {} for an empty file."""
+    data = yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError("metadata.yaml must hold a mapping")
+    return data
 
 
 def read_metadata(track_dir: Path) -> dict:
