@@ -166,10 +166,11 @@ class CachedResult:
     info: dict
     elapsed_s: float
     stored: float = field(default_factory=time.monotonic)
+    files: dict[str, bytes] = field(default_factory=dict)  # named byte frames sent after the stems ("midi")
 
     @property
     def nbytes(self) -> int:
-        return sum(s.nbytes for s in self.stems.values())
+        return sum(s.nbytes for s in self.stems.values()) + sum(len(f) for f in self.files.values())
 
 
 class ResultCache:

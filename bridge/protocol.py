@@ -324,11 +324,29 @@ class Result(_StemsMessage):
     cached: bool = False
     elapsed_s: float | None = None
     info: dict | None = None  # provenance: model, preset, seed, device
+    files: dict[str, bytes] = field(default_factory=dict)  # named byte frames after the stems (the accompanist's "midi")
+
+    def header(self) -> dict:
+        head = super().header()
+        head.pop("files", None)
+        if self.files:
+            head["files"] = list(self.files)
+        return head
+
+    def audio_frames(self):
+        return [*super().audio_frames(), *(memoryview(data) for data in self.files.values())]
 
     @classmethod
     def from_header(cls, head, audio):
+        names = _opt_list(head, "files") or []
+        if len(names) > MAX_STEMS or len(names) > len(audio) or len(set(names)) != len(names):
+            raise ProtocolError("bad-message", f"files names {len(names)} byte frames; {len(audio)} frames follow")
+        for name in names:
+            _check_name(name, "file")
+        split = len(audio) - len(names)
+        files = {name: bytes(audio[split + i]) for i, name in enumerate(names)}
         return cls(cached=_bool(head, "cached", False), elapsed_s=_opt_num(head, "elapsed_s", 0.0, 1e12),
-                   info=_opt_dict(head, "info"), **cls._common(head, audio))
+                   info=_opt_dict(head, "info"), files=files, **cls._common(head, audio[:split]))
 
 
 @dataclass(kw_only=True)

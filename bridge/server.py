@@ -36,7 +36,7 @@ import zmq
 import zmq.auth
 
 from stemweave import __version__
-from stemweave.bridge import gmsdi_jobs
+from stemweave.bridge import accompanist_jobs, gmsdi_jobs
 from stemweave.bridge import protocol as P
 from stemweave.bridge.jobs import CachedResult, Job, JobQueue, ResultCache, content_key, new_job_id
 
@@ -507,7 +507,8 @@ class Server:
         cached = self.cache.by_job(message.job)
         if cached is not None:
             self._send(identity, P.Result(job=cached.job, req=message.req, rate=cached.rate, stems_audio=cached.stems,
-                                          cached=True, elapsed_s=cached.elapsed_s, info=cached.info))
+                                          cached=True, elapsed_s=cached.elapsed_s, info=cached.info,
+                                          files=cached.files))
             return
         job = self._job(message.job)
         if job.unfinished:  # attach: the result comes when it is done
@@ -556,10 +557,12 @@ class Server:
         cached = self.cache.by_key(key)
         if cached is not None:
             job_id = new_job_id()  # a new id for the new request; the same stems
-            self.cache.put(CachedResult(job_id, key, cached.stems, cached.rate, cached.info, cached.elapsed_s))
+            self.cache.put(CachedResult(job_id, key, cached.stems, cached.rate, cached.info, cached.elapsed_s,
+                                        files=cached.files))
             self._send(identity, P.Accepted(job=job_id, req=message.req, cached=True))
             self._send(identity, P.Result(job=job_id, req=message.req, rate=cached.rate, stems_audio=cached.stems,
-                                          cached=True, elapsed_s=0.0, position=message.position, info=cached.info))
+                                          cached=True, elapsed_s=0.0, position=message.position, info=cached.info,
+                                          files=cached.files))
             return
         for job in list(self.jobs.values()):  # the same request already queued or running: follow that job
             if job.key == key and job.unfinished and not job.cancel.is_set():
@@ -582,6 +585,9 @@ class Server:
         task = message.task
         if task not in TASKS:
             raise RequestError("bad-request", f"unknown task {task!r}: one of {', '.join(TASKS)}")
+        method = self._method(message)
+        if method != "prior":
+            return self._validate_accompanist(message, method)
         model = message.model or self._default_model(task)
         if model not in self.model_names():
             raise RequestError("bad-request", f"unknown model {model!r}: this server has "
@@ -664,6 +670,60 @@ class Server:
         return {"task": message.task, "model": model, "preset": preset_name, "preset_repr": repr(preset),
                 "seed": message.seed, "rate": message.rate, "region": region, "preset_obj": preset,
                 "channels": channels, "refine": None, "gmsdi": {**gmsdi, "preset": preset}}
+
+    # Accompanist jobs (issue 21, bridge/accompanist_jobs.py) -------------------------------------------------
+    def _method(self, message: P.Submit) -> str:
+        """Which engine makes the stems (params method; absent: the accompanist unless a prior is named)."""
+        prior_params = set(SAMPLER_PARAMS) | set(OPTION_PARAMS) | set(REFINE_PARAMS) | set(gmsdi_jobs.PARAMS) | \
+            {"overlap", "batch_size", "window_shape", "regenerate", "channel_mode"}
+        try:
+            method = accompanist_jobs.method_of(message.task, message.params, message.model, message.preset,
+                                                prior_params)
+        except ValueError as error:
+            raise RequestError("bad-request", str(error)) from None
+        if message.params.get("method") == "prior":
+            message.params = {k: v for k, v in message.params.items() if k != "method"}  # not a sampler's method
+        return method
+
+    def _validate_accompanist(self, message: P.Submit, method: str) -> dict:
+        """The spec of an accompany or generate job the accompanist makes: no model, no preset."""
+        if message.model or message.preset:
+            raise RequestError("bad-request", f"method {method} takes no model or preset (it writes and renders "
+                                              "parts): use method prior to name them")
+        try:
+            job = accompanist_jobs.validate(message.task, method, message.params, message.given, message.rate,
+                                            message.seed)
+        except ValueError as error:
+            raise RequestError("bad-request", str(error)) from None
+        frames = job["frames"] or message.shape[1]
+        if frames / message.rate > self.max_seconds:
+            raise RequestError("too-long", f"the region is {frames / message.rate:.1f} s long; this server takes at "
+                                           f"most {self.max_seconds:g} s (--max-seconds): send it in shorter regions")
+        return {"task": message.task, "model": None, "preset": None, "seed": message.seed, "rate": message.rate,
+                "region": {}, "preset_obj": None, "channels": job["channels"], "refine": None, "accompanist": job}
+
+    def _run_accompanist(self, job: Job, device: str, progress) -> None:
+        """Run an accompanist job and send its result (stems, the MIDI as a "midi" frame when asked, the analysis)."""
+        from stemweave.engine.sampler import Cancelled
+
+        def progress_or_cancel(update: dict) -> None:
+            if job.cancel.is_set():
+                raise Cancelled("cancelled")
+            progress(update)
+
+        stems, files, more = accompanist_jobs.run(job.spec, job.given, job.rate, progress_or_cancel)
+        if job.cancel.is_set():
+            raise Cancelled("cancelled")
+        elapsed = time.monotonic() - job.started
+        info = {"model": None, "preset": None, "seed": job.spec["seed"], "device": "cpu", "task": job.spec["task"],
+                **more}
+        self.cache.put(CachedResult(job.id, job.key, stems, job.rate, info, elapsed, files=files))
+        job.state, job.finished = "done", time.monotonic()
+        self._running.pop(job.id, None)
+        for identity, req, position in job.watching():
+            self._send(identity, P.Result(job=job.id, req=req, rate=job.rate, stems_audio=stems, position=position,
+                                          elapsed_s=elapsed, info=info, files=files))
+        self._forget_later(job)
 
     def _validate_refine(self, task: str, params: dict) -> dict | None:
         """{"preset": Preset, "prior": name} when the request asks to refine the first answer, else None."""
@@ -767,6 +827,8 @@ class Server:
                                                windows=int(update.get("windows", 0)), kind=update.get("kind", "window")))
 
         try:
+            if spec.get("accompanist"):
+                return self._run_accompanist(job, device, progress)
             progress({"stage": "load", "fraction": 0.0})
             model = self.models.get(spec["model"], device)
             if job.cancel.is_set():
