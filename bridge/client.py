@@ -60,6 +60,7 @@ class Client:
         self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT
         if server_key is not None:
             self._use_curve(server_key, client_cert)
         self.socket.connect(address)
@@ -69,6 +70,7 @@ class Client:
         self._callbacks: dict[str, dict] = {}  # job id -> callbacks (callback style)
         self._done: set[str] = set()
         self.last_result: P.Result | None = None  # the last Result received (info, position, elapsed_s, cached)
+        self._max_frame_bytes: int | None = None  # the server's, asked once before the first large submit
 
     def _use_curve(self, server_key, client_cert) -> None:
         if isinstance(server_key, (str, Path)) and Path(server_key).is_file():
@@ -175,11 +177,24 @@ class Client:
         message = P.Submit(task=task, model=model, preset=preset, params=params, seed=int(seed), rate=int(rate),
                            priority=priority, position=position, audio=None if audio is None else _planar(audio),
                            given={k: _planar(v) for k, v in (given or {}).items()})
+        self._check_frame_sizes(message)
         reply = self.request(message, ("accepted",))
         callbacks = {"progress": on_progress, "partial": on_partial, "result": on_result, "error": on_error}
         if any(callbacks.values()):
             self._callbacks[reply.job] = callbacks
         return reply.job
+
+    def _check_frame_sizes(self, message: P.Submit, ask_above: int = 16 << 20) -> None:
+        """A frame over the server's limit would be dropped by ZeroMQ with no reply: refuse it here instead."""
+        largest = max((view.nbytes for view in message.audio_frames()), default=0)
+        if largest <= ask_above:
+            return
+        if self._max_frame_bytes is None:
+            self._max_frame_bytes = int(self.hello().get("max_frame_bytes") or 0)
+        if self._max_frame_bytes and largest > self._max_frame_bytes:
+            raise ServerError("too-large", f"an audio frame of {largest / (1 << 20):.0f} MiB is over the server's "
+                                           f"{self._max_frame_bytes / (1 << 20):.0f} MiB frame limit "
+                                           "(`stemweave serve --max-job-mb`): send shorter regions")
 
     def poll(self, timeout: float = 0.0) -> int:
         """Deliver callbacks for messages that arrived (waiting up to `timeout` s for the first); returns how many."""

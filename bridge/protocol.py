@@ -43,6 +43,9 @@ MAX_NAME = 64  # characters in a stem, model, preset name or job id
 MAX_RATE = 768_000
 MIN_RATE = 1_000
 MAX_CLAIMED_FRAMES = 1 << 31  # frames any header may claim; the server's --max-seconds is much stricter
+# The largest sample magnitude accepted (+80 dBFS): far beyond any mix's headroom, and small enough that the
+# engine's float32 arithmetic (squares, sums over windows) stays finite. 1e19 overflowed to NaN stems.
+MAX_PEAK = 1e4
 PRIORITIES = ("interactive", "batch")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # names only: no path separators, no leading dot
 
@@ -52,7 +55,8 @@ ERROR_CODES = {
     "version": "the message's protocol version is not the server's",
     "unknown-type": "the message type is not one of the protocol's",
     "bad-dtype": "audio must be float32le",
-    "too-large": "a header, a claimed length, a channel or stem count is beyond the protocol's limits",
+    "too-large": "a header, a claimed length, a channel or stem count, a sample's magnitude (over 1e4) or a job's bytes "
+                 "(--max-job-mb) is beyond the limits",
     "too-long": "the region is longer than the server's --max-seconds",
     "bad-request": "a well-formed request the server cannot run: unknown model, preset, parameter or stem",
     "unknown-job": "no job with that id (never submitted, or its result has expired)",
@@ -157,15 +161,19 @@ class Submit(Message):
     preset: str | None = None  # a preset name; None: the task's default preset
     params: dict = field(default_factory=dict)  # preset overrides and region options (docs/protocol.md)
     seed: int = 0
-    rate: int = 44100
+    rate: int | None = 44100  # None (absent from the header): generate at the model's rate
     priority: str = "interactive"
     position: int | None = None  # the region's first frame on the host timeline, echoed in the result
     audio: np.ndarray | None = None  # (channels, frames) float32: the region (mixture)
     given: dict[str, np.ndarray] = field(default_factory=dict)  # accompany: {stem: (channels, frames)}
+    channels: int | None = None  # generate only (no audio): the header's channels and frames, if any
+    frames: int | None = None
 
     def header(self) -> dict:
         head = super().header()
         shape = _region_shape(self.audio, self.given)
+        if shape == (0, 0):
+            shape = (self.channels or 0, self.frames or 0)
         head.update(channels=shape[0], frames=shape[1], dtype=DTYPE, audio=self.audio is not None,
                     given=list(self.given))
         return head
@@ -180,8 +188,8 @@ class Submit(Message):
 
     @classmethod
     def from_header(cls, head, audio):
-        channels = _int(head, "channels", 0, MAX_CHANNELS, code="too-large")
-        frames = _int(head, "frames", 0, MAX_CLAIMED_FRAMES, code="too-large")
+        channels = _int(head, "channels", 0, MAX_CHANNELS, default=0, code="too-large")
+        frames = _int(head, "frames", 0, MAX_CLAIMED_FRAMES, default=0, code="too-large")
         _check_dtype(head)
         has_audio = _bool(head, "audio", False)
         given_names = _opt_list(head, "given") or []
@@ -193,6 +201,9 @@ class Submit(Message):
             raise ProtocolError("bad-message", "a given stem is named twice")
         if (has_audio or given_names) and (channels < 1 or frames < 1):
             raise ProtocolError("bad-message", "audio frames follow but channels or frames is 0")
+        rate = _opt_int(head, "rate", MIN_RATE, MAX_RATE)
+        if rate is None and (has_audio or given_names):
+            raise ProtocolError("bad-message", "the header lacks 'rate' (the audio's sample rate)")
         _expect_frames(head, audio, (channels if has_audio else 0) + len(given_names))
         region = None
         if has_audio:
@@ -207,9 +218,9 @@ class Submit(Message):
             raise ProtocolError("bad-message", f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
         model, preset = _opt_name(head, "model"), _opt_name(head, "preset")
         return cls(req=head.get("req"), job=None, task=task, model=model, preset=preset, params=params,
-                   seed=_int(head, "seed", 0, (1 << 63) - 1, default=0), rate=_int(head, "rate", MIN_RATE, MAX_RATE),
+                   seed=_int(head, "seed", 0, (1 << 63) - 1, default=0), rate=rate,
                    priority=priority, position=_opt_int(head, "position", -(1 << 62), 1 << 62),
-                   audio=region, given=given)
+                   audio=region, given=given, channels=channels or None, frames=frames or None)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -517,10 +528,13 @@ class Loop(Message):
 
 MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Listing, Submit, Accepted, Progress, Partial, Result,
                                                            Error, Cancel, Status, Fetch, Heartbeat, Unload, Loop)}
+SERVER_ONLY = ("accepted", "progress", "partial", "result", "error")  # and a loop reply (a header with "serial")
+CLIENT_TYPES = tuple(t for t in MESSAGES if t not in SERVER_ONLY)
 
 
-def decode(frames) -> Message:
-    """The message in `frames` (bytes, memoryviews or zmq.Frame), or ProtocolError saying what is wrong."""
+def decode(frames, *, from_client: bool = False) -> Message:
+    """The message in `frames` (bytes, memoryviews or zmq.Frame), or ProtocolError saying what is wrong.
+    from_client (the server's side): a type only the server sends is `unknown-type` before its fields are read."""
     if not frames:
         raise ProtocolError("bad-message", "empty message: the first frame must be a JSON header")
     buffers = [_buffer(f) for f in frames]
@@ -546,6 +560,9 @@ def decode(frames) -> Message:
         kind = head.get("type")
         if not isinstance(kind, str) or kind not in MESSAGES:
             raise ProtocolError("unknown-type", f"unknown message type {kind!r}: one of {', '.join(MESSAGES)}")
+        if from_client and (kind in SERVER_ONLY or kind == "loop" and head.get("serial") is not None):
+            raise ProtocolError("unknown-type", f"{kind}{' reply' if kind == 'loop' else ''} is a server-to-client "
+                                                "message: a client sends " + ", ".join(CLIENT_TYPES))
         cls = MESSAGES[kind]
         if buffers[1:] and not cls.AUDIO:
             raise ProtocolError("bad-message", f"a {kind} message has no audio frames, got {len(buffers) - 1}")
@@ -597,8 +614,12 @@ def _samples(buffer: memoryview, count: int, what: str) -> np.ndarray:
         raise ProtocolError("bad-message", f"{what}: the frame has {buffer.nbytes} bytes, the header says "
                                            f"{count} float32 samples ({count * WIRE_DTYPE.itemsize} bytes)")
     samples = np.frombuffer(buffer, dtype=WIRE_DTYPE)
-    if not np.isfinite(samples).all():
+    peak = float(np.max(np.abs(samples), initial=0.0))  # NaN or inf when any sample is
+    if not math.isfinite(peak):
         raise ProtocolError("bad-message", f"{what} contains NaN or infinite samples")
+    if peak > MAX_PEAK:
+        raise ProtocolError("too-large", f"{what} has samples of magnitude {peak:.3g}: at most {MAX_PEAK:g} "
+                                         "(+80 dBFS) is accepted; float audio is normally within [-1, 1]")
     return samples
 
 
@@ -705,7 +726,7 @@ def error_reply(error: ProtocolError) -> Error:
 
 
 __all__ = [
-    "DTYPE", "ERROR_CODES", "MESSAGES", "PROTOCOL_VERSION", "PRIORITIES", "ProtocolError", "Message", "Hello",
+    "DTYPE", "ERROR_CODES", "MAX_PEAK", "MESSAGES", "PROTOCOL_VERSION", "PRIORITIES", "ProtocolError", "Message", "Hello",
     "Listing", "Submit", "Accepted", "Progress", "Partial", "Result", "Error", "Cancel", "Status", "Fetch",
     "Heartbeat", "Unload", "Loop", "decode", "error_reply",
 ]

@@ -23,6 +23,8 @@ by name from the sets the server was configured with.
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 import signal
 import sys
 import threading
@@ -56,10 +58,17 @@ REGION_PARAMS = {"stems": (list, None, None), "channel_mode": (str, None, None),
                  "batch_size": (int, 1, 4096)}
 # Separation with a regression separator, refined by a prior (issue 13): an "estimate" partial, then the result.
 REFINE_PARAMS = {"refine": (str, None, None), "prior": (str, None, None)}
+# Memory per job: the region's audio, at its own rate or at the model's (whichever is larger), is at most this many
+# bytes of float32 (--max-job-mb; 600 s of 48 kHz stereo fits). A job costs about ten times that while it runs.
+DEFAULT_MAX_JOB_BYTES = 256 << 20
 
 
 class ServerError(Exception):
     """A server setting the user can fix (bad --bind, missing keys, absent device)."""
+
+
+class NonFiniteOutput(Exception):
+    """A model produced NaN or infinite audio: the job fails instead of sending it."""
 
 
 class RequestError(Exception):
@@ -103,6 +112,27 @@ def default_model_loader(name: str, device: str, backend: str = "torch"):
 
     task = "generate" if model_kind(name) == "msldm" else "separate"  # an msldm model cannot separate
     return api.load_task_model(name, task, device, backend)[0]
+
+
+def model_card(name: str) -> dict:
+    """A shipped model's card ({} for the analytic prior and for names the model registry does not know)."""
+    if name == ANALYTIC_MODEL:
+        return {"rate": 22050, "stems": ["bass", "drums", "guitar", "piano"]}  # = analytic_model()'s
+    try:
+        from stemweave.engine.checkpoints import read_card
+        from stemweave.engine.models import resolve_model
+
+        return dict(read_card(resolve_model(name)))
+    except Exception:  # noqa: BLE001 - not a registry model: its loader decides
+        return {}
+
+
+def quality_warning(name: str, model=None) -> str | None:
+    """The one-line warning for a model whose card says it measures below the project's bar (else None)."""
+    from stemweave.engine.models import quality_warning as warning_of
+
+    card = getattr(model, "card", None) or model_card(name)
+    return warning_of({"name": name, **card}) if card else None
 
 
 def model_kind(name: str) -> str | None:
@@ -245,6 +275,8 @@ class Server:
         preset_dir: str | Path | None = None,
         curve_secret: str | Path | None = None,
         curve_clients: str | Path | None = None,
+        curve_any_client: bool = False,
+        max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
         heartbeat_s: float = 1.0,
         progress_interval_s: float = 0.05,
         cache_bytes: int = 512 << 20,
@@ -266,7 +298,11 @@ class Server:
         self.preset_dir = Path(preset_dir).resolve() if preset_dir else None
         if self.preset_dir is not None and not self.preset_dir.is_dir():
             raise ServerError(f"--preset-dir {preset_dir}: not a folder")
-        self.curve_secret, self.curve_clients = curve_secret, curve_clients
+        self.curve_secret, self.curve_clients, self.curve_any_client = curve_secret, curve_clients, curve_any_client
+        self.max_job_bytes = int(max_job_bytes)
+        if self.max_job_bytes < 1 << 20:
+            raise ServerError(f"--max-job-mb must be at least 1 (MiB), got {self.max_job_bytes / (1 << 20):g}")
+        self.max_frame_bytes = 2 * self.max_job_bytes  # larger frames: ZeroMQ drops the connection (no reply)
         self.heartbeat_s, self.progress_interval_s = heartbeat_s, progress_interval_s
         self.cache = ResultCache(cache_bytes, result_ttl_s)
         self.queue = JobQueue(max_queue)
@@ -299,28 +335,17 @@ class Server:
 
     # Setup -------------------------------------------------------------------------------------------
     def _bind_router(self) -> zmq.Socket:
+        curve = self._check_curve()  # every CURVE mistake stops the server here, before any socket exists
         router = self.context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
         router.setsockopt(zmq.SNDHWM, 10_000)
         router.setsockopt(zmq.RCVHWM, 10_000)
-        # No frame larger than the longest region the server takes (stereo at the protocol's top rate):
-        # a peer that sends one is disconnected before the server allocates it.
-        router.setsockopt(zmq.MAXMSGSIZE, int(self.max_seconds * P.MAX_RATE * P.MAX_CHANNELS * 4) + P.MAX_HEADER_BYTES)
-        loopback = is_loopback(self.bind)
-        if not loopback and not self.curve_secret:
-            router.close(0)
-            raise ServerError(f"refusing to bind {self.bind}: it is not a loopback address, and anyone who can reach "
-                              "it could send jobs. Give CURVE keys (--curve-secret FILE, made with "
-                              "`stemweave serve --make-keys DIR`), or bind tcp://127.0.0.1:PORT")
-        if self.curve_secret:
-            try:
-                public, secret = zmq.auth.load_certificate(str(self.curve_secret))
-            except (OSError, ValueError) as error:
-                router.close(0)
-                raise ServerError(f"--curve-secret {self.curve_secret}: cannot read a ZeroMQ certificate: {error}") from None
-            if not secret:
-                router.close(0)
-                raise ServerError(f"--curve-secret {self.curve_secret} holds only a public key: give the .key_secret file")
+        router.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT binds (IPv4 addresses still work)
+        # A frame up to twice the job bound is received and answered (too-large / too-long); a larger one makes
+        # ZeroMQ drop the peer before the server allocates it, with no reply (the Python client checks first).
+        router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes + P.MAX_HEADER_BYTES)
+        if curve is not None:
+            public, secret = curve
             if self.curve_clients:
                 from zmq.auth.thread import ThreadAuthenticator
 
@@ -336,6 +361,50 @@ class Server:
             raise ServerError(f"cannot bind {self.bind}: {error}") from None
         self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         return router
+
+    def _check_curve(self) -> tuple[bytes, bytes] | None:
+        """(public, secret) of the server's CURVE key, None for plain text; ServerError for any inconsistent or
+        unsafe setting (docs/protocol.md, Security)."""
+        if not self.curve_secret:
+            if self.curve_clients:
+                raise ServerError(f"--curve-clients {self.curve_clients} needs --curve-secret (the server's key): "
+                                  "without it the server would run in plain text")
+            if self.curve_any_client:
+                raise ServerError("--curve-any-client needs --curve-secret (the server's key)")
+            if not is_loopback(self.bind):
+                raise ServerError(f"refusing to bind {self.bind}: it is not a loopback address, and anyone who can "
+                                  "reach it could send jobs. Give CURVE keys (--curve-secret FILE and --curve-clients "
+                                  "DIR, made with `stemweave serve --make-keys DIR`), or bind tcp://127.0.0.1:PORT")
+            return None
+        if self.curve_clients and self.curve_any_client:
+            raise ServerError("give either --curve-clients DIR (only those clients) or --curve-any-client, not both")
+        if not self.curve_clients and not self.curve_any_client:
+            raise ServerError("--curve-secret without --curve-clients DIR would let any client that knows the server's "
+                              "public key in: give --curve-clients DIR (the allowed clients' public .key files, e.g. "
+                              "the client.key that --make-keys writes), or --curve-any-client to accept any client")
+        secret_path = Path(self.curve_secret)
+        try:
+            mode = secret_path.stat().st_mode
+            public, secret = zmq.auth.load_certificate(str(secret_path))
+        except (OSError, ValueError) as error:
+            raise ServerError(f"--curve-secret {secret_path}: cannot read a ZeroMQ certificate: {error}") from None
+        if not secret:
+            raise ServerError(f"--curve-secret {secret_path} holds only a public key: give the .key_secret file")
+        if os.name == "posix" and mode & 0o077:
+            raise ServerError(f"--curve-secret {secret_path} is readable by others (mode {mode & 0o777:o}): "
+                              f"`chmod 600 {secret_path}` (and consider a new key pair)")
+        if self.curve_clients:
+            folder = Path(self.curve_clients)
+            if not folder.is_dir():
+                raise ServerError(f"--curve-clients {folder}: not a folder of client public keys")
+            try:
+                allowed = zmq.auth.load_certificates(str(folder))
+            except (OSError, ValueError) as error:
+                raise ServerError(f"--curve-clients {folder}: cannot read its keys: {error}") from None
+            if not allowed:
+                raise ServerError(f"--curve-clients {folder} holds no client public key (*.key): no client could "
+                                  "connect. Copy each client's .key file there")
+        return public, secret
 
     def model_names(self) -> list[str]:
         names = self._model_names() if callable(self._model_names) else self._model_names
@@ -445,7 +514,7 @@ class Server:
 
     # Requests ---------------------------------------------------------------------------------------------
     def _handle(self, identity: bytes, body) -> None:
-        message = P.decode(body)
+        message = P.decode(body, from_client=True)
         handler = getattr(self, f"_on_{message.TYPE}", None)
         if handler is None:
             raise P.ProtocolError("unknown-type", f"{message.TYPE} is a server-to-client message", req=message.req)
@@ -461,7 +530,9 @@ class Server:
         return {"name": "stemweave", "version": __version__, "protocol": P.PROTOCOL_VERSION, "devices": self.devices,
                 "max_seconds": self.max_seconds, "models_loaded": self.models.loaded(),
                 "default_model": self._default_model(), "curve": self.public_key is not None,
-                "heartbeat_s": self.heartbeat_s}
+                "curve_clients": None if self.public_key is None else ("any" if self.curve_any_client else "listed"),
+                "heartbeat_s": self.heartbeat_s, "max_job_bytes": self.max_job_bytes,
+                "max_frame_bytes": self.max_frame_bytes, "max_peak": P.MAX_PEAK, "cache_bytes": self.cache.max_bytes}
 
     def _on_list(self, identity, message: P.Listing) -> None:
         from stemweave.engine.presets import TASKS
@@ -475,11 +546,14 @@ class Server:
                 presets.append({"name": name, "error": str(error)})
         models = []
         for name in self.model_names():
-            entry = {"name": name, "loaded": False, "default": name == self._default_model()}
             warm = self.models.peek(name)
-            if warm is not None:
-                entry.update(loaded=True, stems=list(warm.stems), rate=getattr(warm, "rate", None) or
-                             (getattr(warm, "card", None) or {}).get("rate"))
+            card = getattr(warm, "card", None) or model_card(name)
+            entry = {"name": name, "loaded": warm is not None, "default": name == self._default_model(),
+                     "kind": card.get("kind"), "stems": list(warm.stems) if warm is not None else card.get("stems"),
+                     "rate": (getattr(warm, "rate", None) if warm is not None else None) or card.get("rate")}
+            warning = quality_warning(name, warm)
+            if warning:
+                entry["warning"] = warning
             models.append(entry)
         self._send(identity, P.Listing(req=message.req, models=models, presets=presets, tasks=list(TASKS)))
 
@@ -569,7 +643,7 @@ class Server:
                 job.watch(identity, message.req, message.position)
                 self._send(identity, P.Accepted(job=job.id, req=message.req, queued=self.queue.position(job) or 0))
                 return
-        job = Job(new_job_id(), key, spec, message.audio, dict(message.given), message.rate, message.priority)
+        job = Job(new_job_id(), key, spec, message.audio, dict(message.given), spec["rate"], message.priority)
         job.watch(identity, message.req, message.position)
         try:
             ahead = self.queue.put(job)
@@ -612,6 +686,10 @@ class Server:
             _check_param(name, value, rules[name])
         refine = self._validate_refine(task, params)
         preset = self._load_preset(preset_name)
+        if task == "generate" and "loop_frames" in params and preset.task == "accompany":
+            from dataclasses import replace
+
+            preset = replace(preset, task="generate")  # a loop is inpainted across its wrap: accompany presets fit
         if preset.task != task:
             raise RequestError("bad-request", f"preset {preset_name!r} is for {preset.task}, not {task}")
         overrides = {k: v for k, v in params.items() if k in SAMPLER_PARAMS or k in OPTION_PARAMS}
@@ -619,31 +697,75 @@ class Server:
             preset = preset.with_overrides(**overrides)
         except (ValueError, TypeError) as error:
             raise RequestError("bad-request", f"bad preset parameters: {error}") from None
-        channels, _ = self._frames(message, params)
+        rate = self._rate(message, model)
+        channels, _ = self._frames(message, params, model, rate)
         if task == "separate" and message.audio is None:
             raise RequestError("bad-request", "separate needs the region's audio (audio frames, one per channel)")
         if task == "accompany" and not message.given:
             raise RequestError("bad-request", "accompany needs at least one given stem (given: [names] + frames)")
+        if task == "accompany" and message.audio is not None:
+            raise RequestError("bad-request", "accompany takes the given stems only: send audio: false (a mixture "
+                                              "would be ignored)")
         region = {k: v for k, v in params.items() if k in REGION_PARAMS}
         if "regenerate" in region:
             region["regenerate"] = tuple(region["regenerate"])
         return {"task": task, "model": model, "preset": preset_name, "preset_repr": repr(preset), "seed": message.seed,
-                "rate": message.rate, "region": region, "preset_obj": preset, "channels": channels, "refine": refine}
+                "rate": rate, "region": region, "preset_obj": preset, "channels": channels, "refine": refine}
 
-    def _frames(self, message: P.Submit, params: dict) -> tuple[int, int]:
-        """(channels, frames) of the region, or of the length a generate request asks for; refuses a region
-        longer than --max-seconds."""
+    def _model_rate(self, model: str) -> int | None:
+        warm = self.models.peek(model)
+        rate = getattr(warm, "rate", None) if warm is not None else None
+        return int(rate or model_card(model).get("rate") or 0) or None
+
+    def _rate(self, message: P.Submit, model: str) -> int:
+        """The request's rate: the header's, or for generate without one, the model's."""
+        if message.rate is not None:
+            return message.rate
+        if message.task != "generate":
+            raise RequestError("bad-request", f"{message.task} needs the audio's rate in the header")
+        rate = self._model_rate(model)
+        if rate is None:
+            raise RequestError("bad-request", f"model {model!r} has no known rate: give the header's rate")
+        return rate
+
+    def _frames(self, message: P.Submit, params: dict, model: str, rate: int) -> tuple[int, int]:
+        """(channels, frames) of the region, or of the length a generate request asks for (written into params);
+        refuses a region longer than --max-seconds or larger than --max-job-mb."""
         channels, frames = message.shape
         if message.task == "generate":
             if message.audio is not None or message.given:
                 raise RequestError("bad-request", "generate takes no audio: give params frames, seconds or loop_frames")
-            frames = params.get("loop_frames") or params.get("frames") or round(params.get("seconds", 0) * message.rate)
+            lengths = [k for k in ("frames", "seconds", "loop_frames") if k in params]
+            if len(lengths) > 1:
+                raise RequestError("bad-request", f"give one length, not {' and '.join(lengths)}")
+            asked = params.get("loop_frames") or params.get("frames") or round(params.get("seconds", 0) * rate)
+            if lengths and not asked:
+                raise RequestError("bad-request", "generate needs a length above 0")
+            if asked and message.frames and asked != message.frames:
+                raise RequestError("bad-request", f"the header's frames ({message.frames}) and params "
+                                                  f"{lengths[0]} ({asked} frames) disagree")
+            frames = asked or message.frames
             if not frames:
-                raise RequestError("bad-request", "generate needs a length: params frames, seconds or loop_frames")
-        seconds = frames / message.rate
+                raise RequestError("bad-request", "generate needs a length: params frames, seconds or loop_frames "
+                                                  "(or the header's frames)")
+            if "channels" in params and message.channels and params["channels"] != message.channels:
+                raise RequestError("bad-request", f"the header's channels ({message.channels}) and params channels "
+                                                  f"({params['channels']}) disagree")
+            channels = params.get("channels") or message.channels or 1
+            params["channels"] = channels
+            if not lengths:
+                params["frames"] = frames
+        seconds = frames / rate
         if seconds > self.max_seconds:
             raise RequestError("too-long", f"the region is {seconds:.1f} s long; this server takes at most "
                                            f"{self.max_seconds:g} s (--max-seconds): send it in shorter regions")
+        model_rate = self._model_rate(model) or rate
+        job_bytes = channels * max(frames, math.ceil(frames * model_rate / rate)) * 4
+        if job_bytes > self.max_job_bytes:
+            raise RequestError("too-large", f"the job is {job_bytes / (1 << 20):.0f} MiB of audio ({channels} x "
+                                            f"{frames} frames at {rate} Hz, model rate {model_rate} Hz); this server "
+                                            f"takes at most {self.max_job_bytes / (1 << 20):g} MiB per job "
+                                            "(--max-job-mb): send shorter regions")
         return channels, frames
 
     def _validate_gmsdi(self, message: P.Submit, model: str) -> dict:
@@ -664,11 +786,12 @@ class Server:
                                         message.audio is not None)
         except ValueError as error:
             raise RequestError("bad-request", str(error)) from None
-        channels, _frames = self._frames(message, params)
+        rate = self._rate(message, model)
+        channels, _frames = self._frames(message, params, model, rate)
         preset = gmsdi.pop("preset")
         region = {k: v for k, v in params.items() if k in gmsdi_jobs.REGION_KEYS}
         return {"task": message.task, "model": model, "preset": preset_name, "preset_repr": repr(preset),
-                "seed": message.seed, "rate": message.rate, "region": region, "preset_obj": preset,
+                "seed": message.seed, "rate": rate, "region": region, "preset_obj": preset,
                 "channels": channels, "refine": None, "gmsdi": {**gmsdi, "preset": preset}}
 
     # Accompanist jobs (issue 21, bridge/accompanist_jobs.py) -------------------------------------------------
@@ -820,6 +943,7 @@ class Server:
 
         def partial(update: dict) -> None:
             stems = update["stems"]
+            _check_finite(stems, spec)
             for identity, req, _pos in job.watching():
                 self._send(identity, P.Partial(job=job.id, req=req, rate=int(update["rate"]), stems_audio=stems,
                                                start=int(update["start"]), end=int(update["end"]),
@@ -848,9 +972,16 @@ class Server:
             if refine:
                 stems = self._refine(job, spec, device, model, stems, progress, partial)
             stems = {name: np.ascontiguousarray(s, dtype="<f4") for name, s in stems.items()}
+            _check_finite(stems, spec)
             elapsed = time.monotonic() - job.started
             info = {"model": spec["model"], "preset": spec["preset"], "seed": spec["seed"], "device": device,
                     "task": spec["task"]}
+            if refine:
+                info["refine"] = {"preset": refine["preset"].name, "prior": refine["prior"]}
+            warnings = [w for w in (quality_warning(spec["model"], model),
+                                    refine and quality_warning(refine["prior"], self.models.peek(refine["prior"]))) if w]
+            if warnings:
+                info["warnings"] = warnings
             self.cache.put(CachedResult(job.id, job.key, stems, job.rate, info, elapsed))
             job.state, job.finished = "done", time.monotonic()
             self._running.pop(job.id, None)
@@ -858,6 +989,8 @@ class Server:
                 self._send(identity, P.Result(job=job.id, req=req, rate=job.rate, stems_audio=stems, position=position,
                                               elapsed_s=elapsed, info=info))
             self._forget_later(job)
+        except NonFiniteOutput as error:
+            self._end(job, "failed", ("failed", str(error)))
         except Cancelled:
             if self._stop.is_set():
                 self._end(job, "cancelled", ("shutdown", "the server is shutting down: the job was cancelled"))
@@ -935,6 +1068,14 @@ class Server:
             self._authenticator.stop()
         self.context.term()
         self._stopped.set()
+
+
+def _check_finite(stems: dict, spec: dict) -> None:
+    """Never send NaN or infinite audio: the job fails with a clear message instead."""
+    bad = [name for name, audio in stems.items() if not np.isfinite(audio).all()]
+    if bad:
+        raise NonFiniteOutput(f"model {spec['model']} produced NaN or infinite samples in {', '.join(bad)} "
+                              "(nothing was sent): a broken model file, or input it cannot carry")
 
 
 def _check_param(name, value, rule) -> None:

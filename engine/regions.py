@@ -212,7 +212,7 @@ def run_region(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise Cancelled("cancelled") from None
-    job.progress.emit("done", 1.0)
+    job.progress.emit("done", 1.0, job.progress.windows, job.progress.steps)  # the last window, finished
     return {name: result[name] for name in (wanted or result)}
 
 
@@ -263,11 +263,13 @@ class _Progress:
 
     def __init__(self, callback, cancel: threading.Event | None, stage: str):
         self.callback, self.cancel, self.stage = callback, cancel, stage
-        self.windows, self.steps, self.done_windows = 1, 1, 0
+        self.windows, self.steps, self.done_windows, self.per_window = 1, 1, 0, 1
         self.started = time.monotonic()
 
-    def plan(self, windows: int, steps: int) -> None:
-        self.windows, self.steps = max(1, windows), max(1, steps)
+    def plan(self, windows: int, steps: int, per_window: int = 1) -> None:
+        """`windows` work items of `steps` steps; `per_window` items (one per channel) make one region window, the
+        unit progress reports, as partial results do."""
+        self.windows, self.steps, self.per_window = max(1, windows), max(1, steps), max(1, per_window)
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -278,7 +280,8 @@ class _Progress:
             return
         elapsed = time.monotonic() - self.started
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-        self.callback({"stage": stage, "window": window, "windows": self.windows, "step": step,
+        per = self.per_window
+        self.callback({"stage": stage, "window": -(-window // per), "windows": -(-self.windows // per), "step": step,
                        "steps": self.steps, "fraction": float(min(1.0, fraction)), "eta_s": eta})
 
     def sampler_callback(self, items: int):
@@ -416,7 +419,7 @@ class _Job:
         items = [(i, s) for i in range(plan.count) for s in range(len(signals))]  # window-major
         self._report(plan, len(items), min(batch, len(items)))
         steps = 1 if self.info.kind == "separator" else self.preset.sampler.steps
-        self.progress.plan(len(items), steps)
+        self.progress.plan(len(items), steps, per_window=len(signals))
         signals = np.pad(signals, ((0, 0), (0, plan.padded - signals.shape[-1])))
         accumulator = _Accumulator(len(signals), len(self.info.stems))
         output = _Output(self.info.stems, _decoder(mode, channels), channels, frames, self.info.rate, self.rate,

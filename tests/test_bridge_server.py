@@ -304,11 +304,14 @@ def test_binding_beyond_loopback_needs_curve_keys(tmp_path):
     with pytest.raises(ServerSetupError, match="--curve-secret"):
         Server("tcp://0.0.0.0:*", model_loader=loader({}), model_names=["toy"])
     public, secret = zmq.auth.create_certificates(str(tmp_path), "server")
+    __import__("os").chmod(secret, 0o600)  # a readable secret key is refused (issue 20; tests/test_security.py)
+    (tmp_path / "clients").mkdir()
+    _, client_secret = zmq.auth.create_certificates(str(tmp_path / "clients"), "client")
     server = Server("tcp://0.0.0.0:*", model_loader=loader({}), model_names=["toy"], curve_secret=secret,
-                    preload=False).start()
+                    curve_clients=tmp_path / "clients", preload=False).start()
     try:
         port = server.endpoint.rsplit(":", 1)[1]
-        with Client(f"tcp://127.0.0.1:{port}", timeout=10, server_key=public) as c:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=10, server_key=public, client_cert=client_secret) as c:
             assert c.hello()["curve"] is True
         with Client(f"tcp://127.0.0.1:{port}", timeout=0.5) as plain:  # no key: no conversation
             with pytest.raises(ServerError):

@@ -89,6 +89,8 @@ def _run(args, client, task, audio, rate, **kw) -> tuple[dict, object, float]:
         raise UserError(f"the server refused or failed the job ({error.code}): {error.message}") from None
     finally:
         bar.close()
+    for warning in (client.last_result.info or {}).get("warnings", []):  # a model below the quality bar
+        print(f"stemweave: warning: {warning}", file=sys.stderr)
     return stems, client.last_result, time.monotonic() - started
 
 
@@ -146,7 +148,7 @@ def run_accompany(args) -> int:
         stems, result, seconds = _run(args, client, "accompany", None, rate, given=given,
                                       params=_params(args, stems=generate,
                                                      regenerate=None if regenerate is None else list(regenerate)))
-    paths = {s: args.out / f"{args.inputs[0].stem}_{s}.{args.format}" for s in stems}
+    paths = tasks.accompany_paths(args.inputs[0], given_names[0], list(stems), args.out, args.format)
     tasks._never_overwrite(args.inputs, paths.values())
     _finish(args, "accompany", args.inputs[0].stem, stems, result, seconds, paths, rate, read[0][0].shape, args.inputs, given=given_names)
     return 0
@@ -158,10 +160,12 @@ def run_generate(args) -> int:
     tasks._check_format(args)
     if (args.loop_bars is None) != (args.bpm is None):
         raise UserError("a loop needs both --loop-bars N and --bpm T")
+    rate, channels = tasks.output_format(args)
+    if args.loop_bars is not None and args.preset is None:
+        args.preset = tasks.LOOP_PRESET  # as the direct command (a server takes it for a generated loop)
     tasks._prepare_out(args.out, [])
     with _connect(args) as client:
-        rate = args.rate or _model_rate(client, args.model) or 44100
-        region = {"stems": tasks._names(args.stems, "--stems"), "channels": args.channels}
+        region = {"stems": tasks._names(args.stems, "--stems"), "channels": channels}
         if args.loop_bars is not None:
             region["loop_frames"] = int(round(args.loop_bars * tasks.BEATS_PER_BAR * 60.0 / args.bpm * rate))
         else:
@@ -172,13 +176,6 @@ def run_generate(args) -> int:
     _finish(args, "generate", base, stems, result, seconds, paths, rate, next(iter(stems.values())).shape, [],
             loop_bars=args.loop_bars, bpm=args.bpm)
     return 0
-
-
-def _model_rate(client, model) -> int | None:
-    for entry in client.list()["models"] or []:
-        if (entry["name"] == model or model is None and entry.get("default")) and entry.get("rate"):
-            return int(entry["rate"])
-    return None
 
 
 def run_status(args) -> int:

@@ -22,6 +22,8 @@ import numpy as np
 from stemweave.cli import UserError
 
 BEATS_PER_BAR = 4
+DAW_RATE, DAW_CHANNELS = 44100, 2  # what a DAW session expects of generated audio unless told otherwise
+LOOP_PRESET = "loop"  # presets/loop.toml: 24 steps, the live loop engine's default
 
 
 def register(subparsers) -> None:
@@ -44,7 +46,9 @@ def register(subparsers) -> None:
     acc = subparsers.add_parser(
         "accompany", help="generate stems under recorded ones (a bass line under drums)",
         description="Generate the --generate stems under the given files (one file per known stem, aligned: same "
-        "rate, channels and length). --range START:END (seconds) regenerates only that range of a given stem.")
+        "rate, channels and length; the output has their format). --range START:END (seconds) regenerates only that "
+        "range of a given stem. Outputs are named by the generated stem: drums.wav -> bass.wav, "
+        "song_drums.wav -> song_bass.wav.")
     acc.add_argument("inputs", nargs="+", type=Path, help="the known stems' files")
     acc.add_argument("--given", default=None,
                      help="comma-separated stem of each file, in order (default: the stem named in each file name)")
@@ -61,8 +65,13 @@ def register(subparsers) -> None:
     gen.add_argument("--stems", default=None, help="comma-separated stems to write (default: all the model's)")
     gen.add_argument("--loop-bars", type=int, default=None, metavar="N", help="generate a loop of N bars")
     gen.add_argument("--bpm", type=float, default=None, metavar="T", help="tempo of the loop (with --loop-bars)")
-    gen.add_argument("--rate", type=int, default=None, help="output sample rate (default: the model's)")
-    gen.add_argument("--channels", type=int, choices=(1, 2), default=1, help="1 (default) or 2 (a centred part)")
+    gen.add_argument("--rate", type=int, default=None,
+                     help=f"output sample rate (default {DAW_RATE}, what a DAW session expects; the model runs at its "
+                     "own rate and the result is resampled)")
+    gen.add_argument("--channels", type=int, choices=(1, 2), default=None,
+                     help=f"1 or 2 (default {DAW_CHANNELS}, a centred part in stereo, as a DAW track expects)")
+    gen.add_argument("--like", type=Path, default=None, metavar="FILE",
+                     help="take the output rate and channels from this audio file (e.g. a bounce of the session)")
     gen.add_argument("--name", default=None, help="output file prefix (default generated / loop)")
     _common(gen, "generate")
     gen.set_defaults(run=run_generate)
@@ -74,7 +83,9 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--model", default=None, help="a shipped model name or a model file path (default: the shipped "
                    + ("regression separator, else prior)" if task == "separate" else
                       "prior; msldm-... or 'msldm' for the latent model MSLDM)"))
-    p.add_argument("--preset", default=None, help="a preset name or .toml path (default: the task's fast preset; "
+    default = {"separate": "separate-fast", "accompany": "accompany-fast",
+               "generate": f"generate (150 steps); loops: {LOOP_PRESET} (24 steps), which also takes accompany presets"}
+    p.add_argument("--preset", default=None, help=f"a preset name or .toml path (default: {default[task]}; "
                    "msldm models: msldm-generate / msldm-accompany-fast)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--backend", choices=("torch", "onnx", "torchscript", "auto"), default="torch",
@@ -132,9 +143,10 @@ def run_separate(args) -> int:
         _say(args, f"refinement interrupted: the first estimate stays in {args.out}")
         return 130
     _write(args, result, paths, rate)
-    _provenance(provenance_path, "separate", args, warm, f"{name} refined by {prior_name}", device, refine_preset,
-                report, seconds, rate, audio.shape, inputs=[args.input], outputs=paths,
-                channel_mode=args.channel_mode, stage="refined")
+    _provenance(provenance_path, "separate", args, model, name, device, refine_preset, report, seconds, rate,
+                audio.shape, inputs=[args.input], outputs=paths, channel_mode=args.channel_mode, stage="refined",
+                refine={"preset": refine_preset.name, "prior": _model_entry(warm.prior, prior_name),
+                        "backend": getattr(warm.prior, "backend", None) or {"backend": "torch"}})
     _say(args, f"replaced them with the refined stems in {args.out}")
     return 0
 
@@ -158,6 +170,7 @@ def _refine_setup(args, model, device):
         if not preset.options.get("warm_start"):
             raise ValueError(f"preset {preset.name!r} does not refine a first estimate: use refine or refine-fast")
         prior, prior_name = api.load_task_model(args.prior, "accompany", device, args.backend, args.threads)
+        _warn_quality(args, prior, prior_name)
         return WarmStart(model, prior), prior_name, preset
     except ValueError as error:
         if args.refine or args.prior:
@@ -202,7 +215,7 @@ def run_accompany(args) -> int:
         if not generate or any(s in given for s in generate):
             raise UserError("--generate names stems that are not given (use --range to redo part of a given one)")
     base = args.inputs[0].stem
-    paths = {s: args.out / f"{base}_{s}.{args.format}" for s in generate}
+    paths = accompany_paths(args.inputs[0], given_names[0], generate, args.out, args.format)
     provenance_path = args.out / f"{base}.stemweave.json"
     _never_overwrite(args.inputs, [*paths.values(), provenance_path])
     result, report, seconds = _run("accompany", model, None, rate, preset, args, stems=generate, given=given,
@@ -227,19 +240,13 @@ def run_generate(args) -> int:
     seconds = 10.0 if args.seconds is None else args.seconds
     if not 0 < seconds <= 3600:
         raise UserError("--seconds must be in (0, 3600]")
+    rate, channels = output_format(args)
     _prepare_out(args.out, [])
-    model, name, device, preset = _setup(args, "generate")
+    model, name, device, preset = _setup(args, "generate", loop=args.loop_bars is not None)
     unknown = [s for s in stems or [] if s not in model.stems]
     if unknown:
         raise UserError(f"unknown stem(s) {', '.join(unknown)}: model {name} has {', '.join(model.stems)}")
-    from stemweave.engine.regions import describe_model
-    from stemweave.engine.resample import check_rate
-
-    try:
-        rate = check_rate(args.rate or describe_model(model).rate)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    kwargs = {"channels": args.channels}
+    kwargs = {"channels": channels}
     if args.loop_bars is not None:
         kwargs["loop_frames"] = int(round(args.loop_bars * BEATS_PER_BAR * 60.0 / args.bpm * rate))
     else:
@@ -259,6 +266,45 @@ def run_generate(args) -> int:
 
 # -------------------------------------------------------------------------------------------------------------
 # Shared steps
+
+
+def output_format(args) -> tuple[int, int]:
+    """(rate, channels) of generated audio: --like FILE's, else --rate / --channels, else a DAW session's."""
+    from stemweave.engine.resample import check_rate
+
+    if args.like is not None:
+        if args.rate is not None or args.channels is not None:
+            raise UserError("give either --like FILE or --rate / --channels, not both")
+        import soundfile
+
+        try:
+            info = soundfile.info(str(args.like))
+        except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+            raise UserError(f"--like {args.like}: not a readable audio file: {error}") from None
+        if info.channels > 2:
+            raise UserError(f"--like {args.like}: {info.channels} channels; generated audio is mono or stereo")
+        rate, channels = info.samplerate, info.channels
+    else:
+        rate, channels = args.rate or DAW_RATE, args.channels or DAW_CHANNELS
+    try:
+        return check_rate(rate), channels
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def accompany_paths(first_input: Path, first_given: str, generate, out: Path, audio_format: str) -> dict:
+    """Outputs named by the generated stem: the first input's name with its stem replaced (drums.wav -> bass.wav,
+    song_drums.wav -> song_bass.wav), else <input>_<stem>."""
+    base = first_input.stem
+    pattern = re.compile(rf"(^|[^a-z]){re.escape(first_given)}([^a-z]|$)", re.IGNORECASE)
+    paths = {}
+    for stem in generate:
+        if pattern.search(base):
+            name = pattern.sub(lambda m: f"{m.group(1)}{stem}{m.group(2)}", base, count=1)
+        else:
+            name = f"{base}_{stem}"
+        paths[stem] = out / f"{name}.{audio_format}"
+    return paths
 
 
 def _names(value: str | None, flag: str) -> list[str] | None:
@@ -326,8 +372,9 @@ def _stem_in_name(path: Path, stems) -> str:
     return found[0]
 
 
-def _setup(args, task: str):
-    """(model, name, device, preset), or UserError naming what is available."""
+def _setup(args, task: str, loop: bool = False):
+    """(model, name, device, preset), or UserError naming what is available. A loop (generate) defaults to the
+    loop preset and takes accompany presets too: it is made by inpainting across its wrap point."""
     import torch
 
     from stemweave import api
@@ -341,14 +388,31 @@ def _setup(args, task: str):
             preset = load_preset(args.preset)  # a bad preset is reported before any model loads
         model, name = api.load_task_model(args.model, task, device, args.backend, args.threads)
         if not args.preset:  # the task's default for this kind of model (MSLDM has its own sigma range)
-            preset = load_preset(api.default_preset(task, model))
+            msldm = (getattr(model, "card", None) or {}).get("kind") == "msldm"
+            preset = load_preset(LOOP_PRESET if loop and not msldm else api.default_preset(task, model))
+        if loop and preset.task == "accompany":
+            from dataclasses import replace
+
+            preset = replace(preset, task="generate")  # its sampler settings, for a generated loop
         if preset.task != task:
-            raise ValueError(f"preset {preset.name!r} is for {preset.task}, not {task}")
+            accepted = "generate or accompany" if loop else task
+            raise ValueError(f"preset {preset.name!r} is for {preset.task}, not {accepted}")
         overrides = {k: getattr(args, k) for k in ("steps", "sigma_min", "sigma_max", "rho", "s_churn", "resamples")}
         preset = preset.with_overrides(**overrides)
     except (ValueError, TypeError) as error:
         raise UserError(str(error)) from None
+    _warn_quality(args, model, name)
     return model, name, device, preset
+
+
+def _warn_quality(args, model, name: str) -> None:
+    """One line on stderr when the model's card says it measures below the project's quality bar."""
+    from stemweave.engine.models import quality_warning
+
+    card = getattr(model, "card", None)
+    warning = quality_warning({"name": name, **card}) if card else None
+    if warning:
+        print(f"stemweave: warning: {warning}", file=sys.stderr)
 
 
 def _run(task, model, audio, rate, preset, args, **kwargs):
@@ -368,7 +432,9 @@ def _run(task, model, audio, rate, preset, args, **kwargs):
 
 
 class _ProgressBar:
-    """A tqdm bar over windows x steps, fed by run_region's progress dicts."""
+    """A tqdm bar over windows x steps, fed by run_region's progress dicts. Its total follows the plan: the first
+    updates (load, resample) come before the windows are planned, and a refinement plans again; a new total
+    restarts the clock, so the ETA is the sampler's."""
 
     def __init__(self, disable: bool):
         self.disable, self.bar = disable, None
@@ -376,11 +442,13 @@ class _ProgressBar:
     def __call__(self, p: dict) -> None:
         if self.disable:
             return
+        total = max(1, int(p.get("windows") or 1) * int(p.get("steps") or 1))
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=p["windows"] * p["steps"], unit="step", dynamic_ncols=True, file=sys.stderr,
-                            disable=None)
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, disable=None)
+        elif total != self.bar.total and p["fraction"] < 1.0:
+            self.bar.reset(total=total)
         self.bar.n = round(p["fraction"] * self.bar.total)
         self.bar.set_postfix_str(f"{p['stage']} window {p['window']}/{p['windows']}", refresh=False)
         self.bar.refresh()
@@ -406,14 +474,19 @@ def _provenance(path, task, args, model, name, device, preset, report, seconds, 
     from stemweave import __version__
     from stemweave.engine.audio_io import write_json
 
-    card = getattr(model, "card", None) or {}
+    from stemweave.engine.models import RegressionSeparator
+
+    if isinstance(model, RegressionSeparator) and extra.get("stage") != "refined":
+        # one network evaluation per window: no sampler, no constrained stem
+        preset_entry = {"name": None, "note": "regression separator: one network evaluation per window, no sampler"}
+    else:
+        preset_entry = {"name": preset.name, "sampler": asdict(preset.sampler), "options": dict(preset.options)}
     data = {
         "task": task,
         "inputs": [str(p) for p in inputs],
         "outputs": {s: str(p) for s, p in outputs.items()},
-        "model": {"name": name, "kind": card.get("kind"), "stems": list(model.stems), "rate": card.get("rate"),
-                  "window": card.get("window"), "sha256": card.get("sha256")},
-        "preset": {"name": preset.name, "sampler": asdict(preset.sampler), "options": dict(preset.options)},
+        "model": _model_entry(model, name),
+        "preset": preset_entry,
         "seed": args.seed,
         "device": str(device),
         "backend": getattr(model, "backend", None) or {"backend": "torch"},
@@ -430,6 +503,19 @@ def _provenance(path, task, args, model, name, device, preset, report, seconds, 
         **{k: v for k, v in extra.items() if v is not None},
     }
     write_json(path, data)
+
+
+def _model_entry(model, name: str) -> dict:
+    """A model's provenance: its card's identity, and its quality warning when it has one."""
+    from stemweave.engine.models import quality_warning
+
+    card = getattr(model, "card", None) or {}
+    entry = {"name": name, "kind": card.get("kind"), "stems": list(model.stems), "rate": card.get("rate"),
+             "window": card.get("window"), "sha256": card.get("sha256")}
+    warning = quality_warning({"name": name, **card}) if card else None
+    if warning:
+        entry["warning"] = warning
+    return entry
 
 
 def _say(args, message: str) -> None:
