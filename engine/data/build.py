@@ -15,10 +15,12 @@ from stemweave.engine.data.layout import (
 )
 from stemweave.engine.data.render import render_song
 from stemweave.engine.data.songs import check_arrangement, make_song
+from stemweave.engine.data.timbres import check_timbres
 
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "unseen")
 SEEDS_PER_SPLIT = 1_000_000
-# Song seeds: train 0..999999, valid 1000000..1999999, test 2000000..2999999 (never overlapping).
+# Song seeds: train 0..999999, valid 1000000..1999999, test 2000000..2999999, unseen 3000000..3999999 (never
+# overlapping). The unseen split is rendered with the held-out timbres only (engine/data/timbres.py).
 SPLIT_SEED_BASE = {split: index * SEEDS_PER_SPLIT for index, split in enumerate(SPLITS)}
 
 
@@ -36,6 +38,8 @@ class TrackJob:
     audio_format: str
     soundfont: str
     arrangement: str = "full"
+    timbres: str = "gm"  # "gm" (one soundfont), or a palette of engine/data/timbres.py
+    effects: bool = False  # a producer's per-stem effects (engine/data/effects.py)
 
     @property
     def song_seed(self) -> int:
@@ -47,8 +51,14 @@ class TrackJob:
 
     @property
     def settings(self) -> dict:
-        return render_settings(self.song_seed, self.rate, self.seconds, self.audio_format, self.soundfont,
-                               self.arrangement)
+        settings = render_settings(self.song_seed, self.rate, self.seconds, self.audio_format, self.soundfont,
+                                   self.arrangement)
+        if self.timbres != "gm":  # left out by default, so folders rendered before timbres existed still match
+            settings["timbres"] = self.timbres
+            settings.pop("soundfont")
+        if self.effects:
+            settings["effects"] = "producer"
+        return settings
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,17 @@ class TrackResult:
     audio_seconds: float
     render_seconds: float  # 0 when the track was already there
     skipped: bool
+
+
+def timbres_for(split: str, timbres: str) -> str:
+    """The unseen split always uses the held-out palette; every other split may not (it would leak it)."""
+    if split == "unseen":
+        if timbres not in ("gm", "unseen"):
+            raise ValueError(f"the unseen split is rendered with the held-out timbres only, not {timbres!r}")
+        return "unseen"
+    if timbres == "unseen":
+        raise ValueError("the held-out timbres are for --split unseen only")
+    return timbres
 
 
 def check_seed_range(split: str, first: int, songs: int) -> None:
@@ -87,20 +108,28 @@ def render_track(job: TrackJob) -> TrackResult:
         return TrackResult(job.name, sf.info(str(job.out_dir / job.name / f"mix.{job.audio_format}")).duration,
                            0.0, True)
     song = make_song(job.song_seed, job.seconds, job.arrangement)
-    rendered = render_song(song, job.rate, job.soundfont)
-    write_track(job.out_dir, job.name, song, rendered, track_metadata(song, rendered, job.settings, job.split),
-                job.audio_format)
+    rendered = render_song(song, job.rate, job.soundfont, timbres=job.timbres, effects=job.effects)
+    settings = job.settings
+    metadata = track_metadata(song, rendered, {"soundfont": Path(job.soundfont).name} | settings, job.split)
+    for stem_id, source in zip(metadata["stems"], rendered.sources.values()):
+        metadata["stems"][stem_id]["plugin_name"] = source  # which font or kit played it
+    if rendered.effects:
+        metadata["stemweave"]["effect_chains"] = {stem: [name for name, _ in chain]
+                                                  for stem, chain in rendered.effects.items()}
+    write_track(job.out_dir, job.name, song, rendered, metadata, job.audio_format)
     return TrackResult(job.name, rendered.seconds, rendered.render_seconds, False)
 
 
 def plan_jobs(out_dir: Path, split: str, first: int, songs: int, rate: int, seconds: float, audio_format: str,
-              soundfont: str, arrangement: str = "full") -> list[TrackJob]:
+              soundfont: str, arrangement: str = "full", timbres: str = "gm", effects: bool = False) -> list[TrackJob]:
     """The jobs for tracks first..first+songs-1 of a split; raises SettingsMismatch before any work is done
     if the folder already holds one of them rendered otherwise."""
     check_seed_range(split, first, songs)
     check_arrangement(arrangement)
-    jobs = [TrackJob(Path(out_dir), first + i, split, rate, seconds, audio_format, soundfont, arrangement)
-            for i in range(songs)]
+    timbres = timbres_for(split, timbres)
+    check_timbres(timbres)
+    jobs = [TrackJob(Path(out_dir), first + i, split, rate, seconds, audio_format, soundfont, arrangement, timbres,
+                     effects) for i in range(songs)]
     for job in jobs:
         check_existing(job)
     return jobs

@@ -137,6 +137,8 @@ class RenderedSong:
     loudness: dict[str, float] = field(default_factory=dict)  # LUFS per stem and "mixture"; -inf when silent
     render_seconds: float = 0.0  # wall-clock time of render_song
     render_cpu_seconds: float = 0.0  # CPU time of this process: the speed on an unshared core
+    sources: dict[str, str] = field(default_factory=dict)  # stem -> "font:<name>" / "kit:<name>" (varied timbres)
+    effects: dict[str, list] = field(default_factory=dict)  # stem -> its effect chain (a producer's mix)
 
     @property
     def seconds(self) -> float:
@@ -172,19 +174,46 @@ def quantise_pcm16(audio: np.ndarray) -> np.ndarray:
 
 
 def render_song(song: Song, rate: int = 22_050, soundfont: str | Path | None = None,
-                render_rate: int = RENDER_RATE) -> RenderedSong:
-    """Render every part to its own stem, resample to `rate`, level like a mix, quantise; mixture = sum."""
+                render_rate: int = RENDER_RATE, timbres: str = "gm", effects: bool = False) -> RenderedSong:
+    """Render every part to its own stem, resample to `rate`, level like a mix, quantise; mixture = sum.
+
+    timbres "gm" renders every stem with `soundfont`; a palette name (engine/data/timbres.py) draws each stem's
+    font or drum kit from the song's seed. `effects` puts each stem through a random producer's chain
+    (engine/data/effects.py) before the levelling, so the processed stems are the targets and still sum."""
+    from stemweave.engine.data.timbres import PALETTES, check_timbres, shared_kit
+
+    check_timbres(timbres)
     plan = song.plan
-    synth = shared_synth(soundfont or default_soundfont(), render_rate)  # loaded once per process, not timed
+    sources = {}
+    if timbres != "gm":
+        rng = np.random.default_rng([plan.seed, 22, 1])
+        sources = {stem: PALETTES[timbres].choose(stem, rng) for stem in STEMS}
+        velocity_curve = float(rng.uniform(1.0, 2.2))  # how hard a sampled kit responds to velocity, per song
+        for source in sources.values():  # loaded once per process, not timed
+            kind, name = source.split(":", 1)
+            shared_kit(name, render_rate) if kind == "kit" else _font_synth(name, render_rate)
+    else:
+        synth = shared_synth(soundfont or default_soundfont(), render_rate)  # loaded once per process, not timed
     started, started_cpu = time.perf_counter(), time.process_time()
     render_frames = int(round(plan.seconds * render_rate))
     frames = int(round(plan.seconds * rate))
     raw = {}
     for stem in STEMS:
-        audio = synth.render_part(song.notes[stem], plan.programs[stem], stem == "drums",
-                                  plan.seconds_per_beat, render_frames)
+        kind, name = sources[stem].split(":", 1) if sources else ("gm", "")
+        if kind == "kit":
+            audio = shared_kit(name, render_rate).render_part(song.notes[stem], plan.seconds_per_beat, render_frames,
+                                                              velocity_curve)
+        else:
+            part_synth = synth if kind == "gm" else _font_synth(name, render_rate)
+            audio = part_synth.render_part(song.notes[stem], plan.programs[stem], stem == "drums",
+                                           plan.seconds_per_beat, render_frames)
         audio = resample(audio, render_rate, rate)[:frames]
         raw[stem] = np.pad(audio, (0, frames - audio.size))
+    chains = {}
+    if effects:
+        from stemweave.engine.data.effects import producer_mix
+
+        raw, chains = producer_mix(raw, rate, plan.seed)
     fade = np.ones(frames, np.float32)
     fade_frames = min(frames, int(FADE_OUT_SECONDS * rate))
     fade[frames - fade_frames:] = np.linspace(1.0, 0.0, fade_frames, dtype=np.float32)
@@ -195,4 +224,10 @@ def render_song(song: Song, rate: int = 22_050, soundfont: str | Path | None = N
         mixture += stems[stem]
     assert np.abs(mixture).max(initial=0.0) < 1.0, "the peak limit keeps the mixture inside 16 bits"
     return RenderedSong(rate, stems, mixture, loudness, time.perf_counter() - started,
-                        time.process_time() - started_cpu)
+                        time.process_time() - started_cpu, sources, chains)
+
+
+def _font_synth(name: str, render_rate: int) -> SoundfontSynth:
+    from stemweave.engine.data.timbres import FONTS
+
+    return shared_synth(FONTS[name], render_rate)

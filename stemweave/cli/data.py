@@ -29,8 +29,9 @@ def register(subparsers) -> None:
     render.add_argument("--songs", required=True, type=int, help="number of songs (tracks) to render")
     render.add_argument("--seed", type=int, default=0,
                         help="first track number; track n of a split is always the same song (default 0)")
-    render.add_argument("--split", choices=("train", "valid", "test"), default="train",
-                        help="seed range: train, valid and test songs never overlap (default train)")
+    render.add_argument("--split", choices=("train", "valid", "test", "unseen"), default="train",
+                        help="seed range: train, valid, test and unseen songs never overlap (default train); "
+                             "unseen is rendered with a font and a drum kit held out of --timbres varied")
     render.add_argument("--rate", type=int, default=22_050, help="sample rate of the stems (default 22050)")
     render.add_argument("--seconds", type=float, default=30.0, help="length of each song (default 30)")
     render.add_argument("--jobs", type=int, default=1, help="parallel rendering processes (default 1)")
@@ -40,6 +41,11 @@ def register(subparsers) -> None:
     render.add_argument("--arrangement", choices=("full", "sparse"), default="full",
                         help="full: the band mostly plays together (default); sparse: sections of one to four "
                              "players, for mixture-only training (GMSDI)")
+    render.add_argument("--timbres", choices=("gm", "varied"), default="gm",
+                        help="gm: every stem with --soundfont (default); varied: each stem's soundfont or sampled "
+                             "drum kit drawn per song from several (docs/data.md)")
+    render.add_argument("--effects", action="store_true",
+                        help="a producer's mix: random per-stem EQ, compression, saturation, chorus, reverb")
     render.set_defaults(run=run_render)
 
     example = commands.add_parser("example", help="write one rendered mixture, the built-in example input")
@@ -106,8 +112,8 @@ def run_render(args: argparse.Namespace) -> int:
     skipped = 0
     try:
         todo = plan_jobs(out, args.split, args.seed, args.songs, args.rate, args.seconds, args.format, soundfont,
-                          args.arrangement)
-    except SettingsMismatch as error:
+                          args.arrangement, args.timbres, args.effects)
+    except (SettingsMismatch, ValueError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
     try:
         with tqdm(total=args.songs, unit="song", desc=f"render {args.split}") as bar:
