@@ -171,6 +171,13 @@ def validate(task: str, method: str, params: Mapping[str, Any], given: Mapping[s
     if not stems:
         raise ValueError("nothing to generate: every stem the accompanist writes is given")
     controls = controls_from(params, seed)
+    check = getattr(module, "check_controls", None) or getattr(getattr(module, "analysis", None), "check_controls",
+                                                               None)
+    if callable(check):  # the engine's own rules too (its messages name the CLI's flags: strip the dashes)
+        try:
+            check(module.Controls(**controls))
+        except ValueError as error:
+            raise ValueError(str(error).replace("--", "")) from None
     meter = int(controls.get("meter") or 4)
     bars = params.get("bars")
     if task == "generate":
@@ -227,7 +234,8 @@ def analysis_info(analysis) -> dict:
         return None if x is None else round(float(x), 3)
 
     chords = getattr(analysis, "chords", None)
-    return {"bpm": number(getattr(analysis, "bpm", None)), "meter": getattr(analysis, "meter", None),
+    meter = getattr(analysis, "meter", None)
+    return {"bpm": number(getattr(analysis, "bpm", None)), "meter": None if meter is None else int(meter),
             "key": getattr(analysis, "key", None),
             "chords": [str(c) for c in chords] if chords is not None else None}
 

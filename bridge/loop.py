@@ -34,6 +34,7 @@ and stop ramp a master gain the same way.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -53,6 +54,15 @@ TEMPO_RANGE = (20.0, 300.0)
 BARS_RANGE = (1, 64)
 GAIN_RANGE = (0.0, 4.0)
 SOURCES = ("generate", "input")
+
+
+METHODS = ("accompanist", "prior")
+MIDI_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # a file name for a saved loop MIDI: no folders
+
+
+def loop_name(loop: "Loop") -> str:
+    """The file stem a loop is written under: loop-0003-120bpm-4bars."""
+    return f"loop-{loop.serial:04d}-{loop.tempo:g}bpm-{loop.bars}bars"
 
 
 def bar_frames(tempo: float, rate: int, beats: int = BEATS_PER_BAR) -> int:
@@ -441,9 +451,18 @@ class QueueBackend:
 
     def run(self, task: str, rate: int, *, preset: str, seed: int, params: dict, given=None,
             cancel: threading.Event | None = None) -> dict[str, np.ndarray]:
-        name, overrides = sampler_params_for(task, self.presets.load(preset))
-        return self._connect().run(task, None, rate, given=given, model=self.model, preset=name, seed=seed,
-                                   priority="interactive", params={**overrides, **params}, cancel=cancel)
+        """The job's stems; its MIDI and info stay in last_files / last_info (an accompanist job's)."""
+        client = self._connect()
+        if params.get("method") == "accompanist":  # no model, no preset: the server's accompanist
+            stems = client.run(task, None, rate, given=given, seed=seed, priority="interactive", params=params,
+                               cancel=cancel)
+        else:
+            name, overrides = sampler_params_for(task, self.presets.load(preset))
+            stems = client.run(task, None, rate, given=given, model=self.model, preset=name, seed=seed,
+                               priority="interactive", params={**overrides, **params}, cancel=cancel)
+        result = client.last_result
+        self.last_files, self.last_info = dict(result.files), dict(result.info or {})
+        return stems
 
 
 class LocalBackend:
@@ -460,6 +479,13 @@ class LocalBackend:
         from stemweave.engine.regions import run_region
         from stemweave.engine.sampler import Cancelled
 
+        if params.get("method") == "accompanist":  # as the server runs it (bridge/accompanist_jobs.py)
+            from stemweave.bridge import accompanist_jobs
+
+            job = accompanist_jobs.validate(task, "accompanist", params, given or {}, rate, seed)
+            stems, self.last_files, self.last_info = accompanist_jobs.run({"accompanist": job}, given, rate,
+                                                                          lambda update: None)
+            return stems
         name, overrides = sampler_params_for(task, self.presets.load(preset))
         settings = self.presets.load(name).with_overrides(**overrides)
         params = dict(params)
@@ -500,6 +526,30 @@ def accompaniment_loop(backend, given: dict[str, np.ndarray], rate: int, stems: 
     return {name: np.roll(a, -half, axis=-1) for name, a in again.items()}
 
 
+def accompanist_loop(backend, settings: "LoopSettings", rate: int, channels: int, stems: list[str] | None, seed: int,
+                     given: dict[str, np.ndarray] | None = None, cancel=None) -> tuple[dict, bytes | None, dict]:
+    """One accompanist job (issue 21): `settings.bars` bars at the engine's tempo, key and chords, seamless at the
+    wrap (the accompanist writes the loop as a loop), under the given loop when there is one. Returns (stems, the
+    MIDI file's bytes, the job's info with the analysis)."""
+    params = {"method": "accompanist", "bars": int(settings.bars), "bpm": float(settings.tempo),
+              "meter": BEATS_PER_BAR, "midi": True, "style": settings.style, "density": float(settings.density),
+              "intensity": float(settings.intensity)}
+    if settings.key:
+        params["key"] = settings.key
+    if settings.chords:
+        params["chords"] = list(settings.chords)
+    if stems:
+        params["stems"] = list(stems)
+    if given:
+        made = backend.run("accompany", rate, preset=settings.preset, seed=seed, params=params, given=given,
+                           cancel=cancel)
+    else:
+        made = backend.run("generate", rate, preset=settings.preset, seed=seed, params={**params, "channels": channels},
+                           cancel=cancel)
+    files, info = getattr(backend, "last_files", None) or {}, getattr(backend, "last_info", None) or {}
+    return made, files.get("midi"), info
+
+
 def fit_loop(audio: np.ndarray, frames: int) -> np.ndarray:
     """An input loop (channels, n) brought to `frames` frames by periodic (FFT) resampling: the tempo changes
     with the pitch (a resample, not a time stretch), and a loop seamless at its wrap stays seamless."""
@@ -531,8 +581,19 @@ class LoopSettings:
     bars: int = 4
     stems: tuple[str, ...] = ()  # empty: every stem of the model
     source: str = "generate"
-    preset: str = "loop"  # presets/loop.toml: made in time for the bar swap on 2 CPU cores
+    preset: str = "loop"  # presets/loop.toml: made in time for the bar swap on 2 CPU cores (method prior)
     tempo_source: str = "osc"  # osc | midi
+    method: str = "accompanist"  # accompanist (parts written on the tempo, key and chords) | prior (the model)
+    style: str = "default"  # the accompanist's controls (engine/accompanist, Controls)
+    density: float = 0.5
+    intensity: float = 0.5
+    key: str | None = None  # None: the accompanist's default (or what it hears in an input loop)
+    chords: tuple[str, ...] = ()  # one per bar, cycled; empty: the accompanist's
+
+    def shape(self) -> tuple:
+        """Everything that makes one loop differ from another (not the preset, which only changes its speed)."""
+        return (self.tempo, self.bars, self.stems, self.source, self.method, self.style, self.density,
+                self.intensity, self.key, self.chords)
 
 
 class LoopEngine:
@@ -682,6 +743,97 @@ class LoopEngine:
         with self._lock:
             self.settings.preset = name
 
+    def set_method(self, method: str) -> None:
+        """accompanist (parts written on the loop's tempo, key and chords) or prior (the model, with the preset)."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r:.40}")
+        self._set(method=method)
+
+    def set_style(self, style: str) -> None:
+        from stemweave.bridge import accompanist_jobs
+
+        try:
+            styles = getattr(accompanist_jobs.engine(), "STYLES", None)
+        except ImportError:
+            styles = None
+        if not MIDI_NAME.match(style) or (styles and style not in styles):
+            raise ValueError(f"unknown style {style!r:.40}" + (f": one of {', '.join(styles)}" if styles else ""))
+        self._set(style=style)
+
+    def set_density(self, density: float) -> None:
+        self._set(density=self._unit(density, "density"))
+
+    def set_intensity(self, intensity: float) -> None:
+        self._set(intensity=self._unit(intensity, "intensity"))
+
+    def set_key(self, key: str) -> None:
+        """A key ("A minor", "C major", "F#m"); "" or "auto": the accompanist's default, or what it hears."""
+        from stemweave.bridge.accompanist_jobs import KEY
+
+        key = key.strip()
+        if key in ("", "auto"):
+            self._set(key=None)
+            return
+        if not KEY.match(key):
+            raise ValueError(f"key {key!r:.40}: a key such as \"A minor\", \"C major\", \"F#m\" (or \"auto\")")
+        self._set(key=key)
+
+    def set_chords(self, chords) -> None:
+        """Chords, one per bar, cycled: a list of names or one string ("Am F C G"); none: the accompanist's."""
+        from stemweave.bridge.accompanist_jobs import chords_of
+
+        empty = not chords or (isinstance(chords, str) and not chords.strip()) or \
+            (isinstance(chords, (list, tuple)) and not "".join(chords).strip())
+        if empty:
+            self._set(chords=())
+            return
+        if isinstance(chords, (list, tuple)):
+            chords = " ".join(chords)
+        self._set(chords=tuple(chords_of(chords)))
+
+    @staticmethod
+    def _unit(value: float, what: str) -> float:
+        value = float(value)
+        if not (0.0 <= value <= 1.0):  # NaN fails too
+            raise ValueError(f"{what} must be 0..1, got {value:g}")
+        return value
+
+    def _set(self, **changes) -> None:
+        """Change loop settings; a change makes a new loop when loops are in use."""
+        with self._lock:
+            unchanged = all(getattr(self.settings, k) == v for k, v in changes.items())
+            for name, value in changes.items():
+                setattr(self.settings, name, value)
+        if not unchanged:
+            self._changed()
+
+    def save_midi(self, name: str | None = None) -> Path:
+        """Write the newest loop's MIDI (one track per generated stem, time 0 = the loop's start) to the render
+        folder as NAME.mid (default: the loop's own name); returns the path. Names only: OSC never names a folder."""
+        if self.render_dir is None:
+            raise ValueError("no folder to save MIDI in: start the server with --render-dir DIR")
+        newest = self.newest_loop()
+        if newest is None or not newest[0].info.get("midi"):
+            raise ValueError("no loop with MIDI yet: the accompanist's loops have it (/stemweave/loop/method "
+                             "accompanist, then /stemweave/loop/start)")
+        loop = newest[0]
+        name = name or loop_name(loop)
+        if name.endswith(".mid"):
+            name = name[:-4]
+        if not MIDI_NAME.match(name):
+            raise ValueError(f"{name!r:.40} is not a file name (letters, digits, _ . + -; no folders)")
+        path = self.render_dir / f"{name}.mid"
+        self._write_midi(loop, path)
+        self.log(f"loop: wrote {path}")
+        return path
+
+    def _write_midi(self, loop: Loop, path: Path) -> None:
+        """Write the loop's MIDI bytes atomically (a temporary file renamed into place)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.part")
+        temporary.write_bytes(loop.info["midi"])
+        temporary.replace(path)
+
     def set_gain(self, stem: str, gain: float) -> None:
         gain = float(gain)
         if not (GAIN_RANGE[0] <= gain <= GAIN_RANGE[1]) or not math.isfinite(gain):
@@ -736,7 +888,9 @@ class LoopEngine:
             s = self.settings
             status = {"playing": self.player.started, "tempo": s.tempo, "bars": s.bars,
                       "beats_per_bar": BEATS_PER_BAR, "stems": list(s.stems) or list(self.model_stems or ()),
-                      "source": s.source, "preset": s.preset, "tempo_source": s.tempo_source}
+                      "source": s.source, "preset": s.preset, "tempo_source": s.tempo_source,
+                      "method": s.method, "style": s.style, "density": s.density, "intensity": s.intensity,
+                      "key": s.key or "", "chords": list(s.chords)}
         current = self.player.current
         status.update({
             "audible": self.player.playing, "rate": self.rate, "channels": self.channels, "output": self.output_name,
@@ -744,6 +898,9 @@ class LoopEngine:
             "loop": current.serial if current is not None else 0,
             "loop_tempo": current.tempo if current is not None else 0.0,
             "loop_bars": current.bars if current is not None else 0,
+            "loop_method": current.info.get("method", "") if current is not None else "",
+            "loop_key": ((current.info.get("analysis") or {}).get("key") or "") if current is not None else "",
+            "loop_midi": int(bool(current is not None and current.info.get("midi"))),
             "pending": self.player._pending is not None and (current is None or
                                                              self.player._pending.serial > current.serial),
             "generating": self.generating, "loops_made": self.loops_made,
@@ -795,6 +952,7 @@ class LoopEngine:
         bar = bar_frames(settings.tempo, self.rate)
         frames = bar * settings.bars
         stems = list(settings.stems) or None
+        midi, info = None, {}
         if settings.source == "input":
             if self._capture or self._input is None:
                 self._capture = False
@@ -802,8 +960,15 @@ class LoopEngine:
             given = {self.input_stem: self._channels(fit_loop(self._input, frames))}
             if stems:
                 stems = [s for s in stems if s != self.input_stem] or None
-            made = accompaniment_loop(self.backend, given, self.rate, stems, settings.preset, seed, self._cancel)
+            if settings.method == "accompanist":
+                made, midi, info = accompanist_loop(self.backend, settings, self.rate, self.channels, stems, seed,
+                                                    given, self._cancel)
+            else:
+                made = accompaniment_loop(self.backend, given, self.rate, stems, settings.preset, seed, self._cancel)
             made = {**given, **made}
+        elif settings.method == "accompanist":
+            made, midi, info = accompanist_loop(self.backend, settings, self.rate, self.channels, stems, seed,
+                                                None, self._cancel)
         else:
             made = generated_loop(self.backend, frames, self.rate, self.channels, stems, settings.preset, seed,
                                   self._cancel)
@@ -815,13 +980,13 @@ class LoopEngine:
             except Exception:  # noqa: BLE001
                 pass
         with self._lock:
-            if (settings.tempo, settings.bars, settings.stems, settings.source) != \
-               (self.settings.tempo, self.settings.bars, self.settings.stems, self.settings.source):
+            if settings.shape() != self.settings.shape():
                 return  # out of date: a newer request is already waiting
             self._serial += 1
             serial = self._serial
         loop = self.make_loop(serial, made, bar, settings.bars, settings.tempo,
-                              info={"seed": seed, "preset": settings.preset, "source": settings.source})
+                              info={"seed": seed, "preset": settings.preset, "source": settings.source,
+                                    "method": settings.method, "midi": midi, "analysis": info.get("analysis") or {}})
         self.last_loop_s = time.monotonic() - started
         self.player.hand_over(loop)
         if self.render_dir is not None:
@@ -848,10 +1013,12 @@ class LoopEngine:
         """Write the loop (its mix at unit gains, and each stem) to render_dir."""
         from stemweave.engine.audio_io import write_audio
 
-        stem = f"loop-{loop.serial:04d}-{loop.tempo:g}bpm-{loop.bars}bars"
+        stem = loop_name(loop)
         write_audio(self.render_dir / f"{stem}.wav", loop.data.sum(0).T, self.rate, bit_depth="32f")
         for k, name in enumerate(loop.stems):
             write_audio(self.render_dir / stem / f"{name}.wav", loop.data[k].T, self.rate, bit_depth="32f")
+        if loop.info.get("midi"):
+            self._write_midi(loop, self.render_dir / f"{stem}.mid")
         self.log(f"loop: wrote {self.render_dir / stem}.wav")
 
     def follow_midi_clock(self, port: str, backend: str | None = None) -> MidiClock:

@@ -61,6 +61,13 @@ def _word(args: tuple, what: str) -> str:
     return args[0]
 
 
+def _words(args: tuple, what: str) -> list[str]:
+    """Strings as separate arguments (or one string the engine splits); none is an empty list."""
+    if not all(isinstance(a, str) for a in args):
+        raise BadMessage(f"{what} takes strings")
+    return list(args)
+
+
 def _stem_names(args: tuple) -> list[str]:
     """Stems as separate string arguments or in one string separated by spaces or commas; none means all."""
     names = []
@@ -144,6 +151,14 @@ class OscControl:
             "/stemweave/loop/stems": lambda sender, args: engine.set_stems(_stem_names(args)),
             "/stemweave/loop/source": lambda sender, args: engine.set_source(_word(args, "/stemweave/loop/source")),
             "/stemweave/preset": lambda sender, args: engine.set_preset(_word(args, "/stemweave/preset")),
+            "/stemweave/loop/method": lambda sender, args: engine.set_method(_word(args, "/stemweave/loop/method")),
+            "/stemweave/loop/style": lambda sender, args: engine.set_style(_word(args, "/stemweave/loop/style")),
+            "/stemweave/loop/density": lambda sender, args: engine.set_density(_number(args, "/stemweave/loop/density")),
+            "/stemweave/loop/intensity": lambda sender, args:
+                engine.set_intensity(_number(args, "/stemweave/loop/intensity")),
+            "/stemweave/loop/key": lambda sender, args: engine.set_key(_word(args, "/stemweave/loop/key") if args else ""),
+            "/stemweave/loop/chords": lambda sender, args: engine.set_chords(_words(args, "/stemweave/loop/chords")),
+            "/stemweave/loop/midi": self._save_midi,
             "/stemweave/status": self._status,
         }
 
@@ -187,6 +202,13 @@ class OscControl:
         except Exception as error:  # noqa: BLE001 - a bug must not take the surface down
             self.log(f"osc: {address}: internal error {error!r}")
             self.reply(sender, "/stemweave/error", [address[:200], f"internal error: {error}"])
+
+    def _save_midi(self, sender: tuple, args: tuple) -> None:
+        """Write the newest loop's MIDI into the render folder (an optional file name); reply with its path."""
+        if len(args) > 1 or (args and not isinstance(args[0], str)):
+            raise BadMessage("/stemweave/loop/midi takes no argument or one file name")
+        path = self.engine.save_midi(args[0] if args else None)
+        self.reply(sender, "/stemweave/loop/midi", [str(path)])
 
     def _status(self, sender: tuple, args: tuple) -> None:
         """Reply with the state: one /stemweave/status message of key/value pairs, then one

@@ -122,10 +122,15 @@ def fake_module() -> types.ModuleType:
 
 
 def module():
-    """The real accompanist when installed, else this fake."""
+    """The real accompanist when it is installed whole (accompany and generate_loop), else this fake."""
     try:
         from stemweave.engine import accompanist
-
-        return accompanist
     except ImportError:
         return fake_module()
+    if callable(getattr(accompanist, "accompany", None)) and callable(getattr(accompanist, "generate_loop", None)):
+        return accompanist
+    return fake_module()
+
+
+def is_real(module) -> bool:
+    return module is not fake_module()

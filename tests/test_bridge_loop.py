@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zmq
 from stemweave.bridge import protocol as P
-from stemweave.bridge.loop import LoopEngine, Presets
+from stemweave.bridge.loop import LoopEngine, LoopSettings, Presets
 from stemweave.bridge.server import Server, analytic_model
 
 STEMS = ("bass", "drums", "guitar", "piano")
@@ -42,7 +42,8 @@ def server():
 
 @pytest.fixture
 def engine(server):
-    loops = LoopEngine(InstantBackend(), rate=RATE, channels=2, output="virtual", log=lambda text: None)
+    loops = LoopEngine(InstantBackend(), rate=RATE, channels=2, output="virtual", log=lambda text: None,
+                       settings=LoopSettings(method="prior"))  # the prior path: loop_frames jobs
     server.loop_engine = loops
     yield loops
     loops.close()

@@ -81,7 +81,8 @@ def test_accompaniment_loop_is_seamless_at_the_wrap(presets):
 def test_engine_without_a_device_renders_loops_to_files(tmp_path, presets):
     messages = []
     engine = LoopEngine(LocalBackend(tiny_prior(), presets), rate=RATE, channels=2, output="virtual",
-                        settings=LoopSettings(tempo=240.0, bars=1, preset="loop-test", stems=("bass", "drums")),
+                        settings=LoopSettings(tempo=240.0, bars=1, preset="loop-test", stems=("bass", "drums"),
+                                              method="prior"),
                         render_dir=tmp_path / "loops", log=messages.append)
     try:
         engine.start()

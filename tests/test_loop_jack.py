@@ -20,7 +20,7 @@ import uuid
 import numpy as np
 import pytest
 
-from stemweave.bridge.loop import MidiClock
+from stemweave.bridge.loop import LoopSettings, MidiClock
 
 JACK_RATE = 48000
 
@@ -147,7 +147,8 @@ def test_midi_clock_through_a_virtual_port_sets_the_loop_tempo(jack_server, monk
     from test_osc_surface import InstantBackend
     from stemweave.bridge.loop import LoopEngine
 
-    engine = LoopEngine(InstantBackend(), rate=8000, output="virtual", log=lambda text: None)
+    engine = LoopEngine(InstantBackend(), rate=8000, output="virtual", log=lambda text: None,
+                        settings=LoopSettings(method="prior"))
     backend = "mido.backends.rtmidi/UNIX_JACK"
     port_name = f"clock-{uuid.uuid4().hex[:6]}"
     try:

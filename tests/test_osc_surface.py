@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stemweave.bridge import osc
-from stemweave.bridge.loop import LoopEngine, Presets
+from stemweave.bridge.loop import LoopEngine, LoopSettings, Presets
 
 STEMS = ("bass", "drums", "guitar", "piano")
 RATE = 8000
@@ -37,7 +37,7 @@ class InstantBackend:
 def surface():
     backend = InstantBackend()
     engine = LoopEngine(backend, rate=RATE, channels=2, output="virtual", log=lambda text: None,
-                        input_loop=np.zeros((1, RATE), np.float32))
+                        input_loop=np.zeros((1, RATE), np.float32), settings=LoopSettings(method="prior"))
     control = osc.OscControl(engine, "127.0.0.1", 0, log=lambda text: None).start()
     yield control, engine, backend
     control.close()
@@ -165,7 +165,8 @@ def test_serve_hook_makes_loops_through_the_job_queue_at_interactive_priority(tm
     try:
         control = server.osc_control
         engine = control.engine
-        for message in [("/stemweave/preset", "loop-test"), ("/stemweave/loop/tempo", 240.0), ("/stemweave/loop/bars", 1),
+        for message in [("/stemweave/loop/method", "prior"), ("/stemweave/preset", "loop-test"),
+                        ("/stemweave/loop/tempo", 240.0), ("/stemweave/loop/bars", 1),
                         ("/stemweave/loop/stems", "bass", "piano"), ("/stemweave/loop/start",)]:
             assert ask(control, *message, timeout=0.2) == []
         assert wait_for(lambda: engine.loops_made >= 1 and engine.player.current is not None, timeout=120), \
