@@ -55,6 +55,7 @@ def register(subparsers) -> None:
     acc.add_argument("--generate", default=None, help="comma-separated stems to generate (default: all not given)")
     acc.add_argument("--range", default=None, metavar="START:END", help="regenerate only this time range (seconds)")
     _common(acc, "accompany")
+    _accompanist_options(acc, bpm=True)
     acc.set_defaults(run=run_accompany)
 
     gen = subparsers.add_parser(
@@ -74,6 +75,7 @@ def register(subparsers) -> None:
                      help="take the output rate and channels from this audio file (e.g. a bounce of the session)")
     gen.add_argument("--name", default=None, help="output file prefix (default generated / loop)")
     _common(gen, "generate")
+    _accompanist_options(gen, bpm=False)
     gen.set_defaults(run=run_generate)
 
 
@@ -179,6 +181,8 @@ def _refine_setup(args, model, device):
 
 
 def run_accompany(args) -> int:
+    if args.method == "accompanist":
+        return run_accompanist(args, "accompany")
     from stemweave.engine.audio_io import read_audio
 
     _check_format(args)
@@ -229,6 +233,8 @@ def run_accompany(args) -> int:
 
 
 def run_generate(args) -> int:
+    if args.method == "accompanist":
+        return run_accompanist(args, "generate")
     _check_format(args)
     stems = _names(args.stems, "--stems")
     if (args.loop_bars is None) != (args.bpm is None):
@@ -520,3 +526,156 @@ def _model_entry(model, name: str) -> dict:
 
 def _say(args, message: str) -> None:
     print(message, file=sys.stderr)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The accompanist (issue 21): the default method of accompany and generate
+
+
+def _accompanist_options(p: argparse.ArgumentParser, bpm: bool) -> None:
+    from stemweave.engine.accompanist.writer import STYLES
+
+    group = p.add_argument_group("the accompanist (--method accompanist, the default)")
+    group.add_argument("--method", choices=("accompanist", "prior"), default="accompanist",
+                       help="accompanist (default): parts written on the given stems' beat and harmony, rendered "
+                       "with the soundfont synth, plus their MIDI; prior: sample the diffusion prior (--model)")
+    if bpm:
+        group.add_argument("--bpm", type=float, default=None, help="tempo (default: heard from the given stems)")
+    group.add_argument("--meter", type=int, default=None, help="beats per bar (default: heard, else 4)")
+    group.add_argument("--key", default=None, help="e.g. 'A minor', 'C major', 'F#m' (default: heard from pitched "
+                       "stems, else A minor)")
+    group.add_argument("--chords", default=None, help="one chord per bar, cycled, e.g. \"Am F C G\" (default: heard, "
+                       "else a progression in the key)")
+    group.add_argument("--style", choices=tuple(STYLES), default="default", help="playing style (default: default)")
+    group.add_argument("--density", type=float, default=0.5, help="0-1: how many notes (default 0.5)")
+    group.add_argument("--intensity", type=float, default=0.5, help="0-1: how hard the parts play (default 0.5)")
+    group.add_argument("--program", action="append", default=[], metavar="STEM=N",
+                       help="General MIDI program of a generated stem, e.g. bass=38 (repeatable)")
+
+
+def _controls(args):
+    from stemweave.engine.accompanist import Controls
+    from stemweave.engine.accompanist.analysis import check_controls
+
+    programs = {}
+    for item in args.program:
+        stem, _, number = item.partition("=")
+        if not number.strip().isdigit():
+            raise UserError(f"--program {item!r}: write STEM=N, e.g. bass=38")
+        programs[stem.strip()] = int(number)
+    chords = None if args.chords is None else args.chords.replace(",", " ").split()
+    controls = Controls(bpm=args.bpm, meter=args.meter, key=args.key, chords=chords, style=args.style,
+                        density=args.density, intensity=args.intensity, seed=args.seed, programs=programs or None)
+    try:
+        check_controls(controls)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return controls
+
+
+def run_accompanist(args, task: str) -> int:
+    """accompany / generate with the accompanist: validate everything, then write each stem, its MIDI and the
+    provenance JSON atomically."""
+    from stemweave.engine import accompanist
+    from stemweave.engine.accompanist.writer import STEMS
+    from stemweave.engine.audio_io import read_audio, write_json
+
+    _check_format(args)
+    controls = _controls(args)
+    unknown_programs = [s for s in controls.programs or {} if s not in STEMS]
+    if unknown_programs:
+        raise UserError(f"--program names {', '.join(unknown_programs)}: use one of {', '.join(STEMS)}")
+    inputs = list(getattr(args, "inputs", None) or [])
+    if task == "accompany":
+        if args.range is not None:
+            raise UserError("--range regenerates with a prior: add --method prior")
+        given_names = _names(args.given, "--given")
+        if given_names is not None and len(given_names) != len(inputs):
+            raise UserError(f"--given names {len(given_names)} stems for {len(inputs)} files: one name per file")
+        read = [_read(read_audio, path) for path in inputs]
+        if len({r for _, r in read}) != 1 or len({a.shape for a, _ in read}) != 1:
+            raise UserError("the given files are not aligned: they need the same rate, channels and length; got "
+                            + ", ".join(f"{p.name}: {a.shape[0]} ch x {a.shape[1]} frames at {r} Hz"
+                                        for p, (a, r) in zip(inputs, read)))
+        rate = read[0][1]
+        given_names = given_names or [_stem_in_name(path, STEMS) for path in inputs]
+        unknown = [s for s in given_names if s not in STEMS]
+        if unknown or len(set(given_names)) != len(given_names):
+            raise UserError(f"--given {', '.join(given_names)}: name each file once, with one of {', '.join(STEMS)}")
+        given = {s: a for s, (a, _) in zip(given_names, read)}
+        wanted = _names(args.generate, "--generate") or [s for s in STEMS if s not in given]
+        bad = [s for s in wanted if s not in STEMS or s in given]
+        if bad or not wanted:
+            raise UserError(f"--generate {', '.join(bad) or '(nothing)'}: name stems of {', '.join(STEMS)} that are "
+                            "not given")
+        base = inputs[0].stem
+    else:
+        given, wanted = {}, _names(args.stems, "--stems") or list(STEMS)
+        bad = [s for s in wanted if s not in STEMS]
+        if bad:
+            raise UserError(f"unknown stem(s) {', '.join(bad)}: the accompanist writes {', '.join(STEMS)}")
+        like = getattr(args, "like", None)
+        like_audio = _read(read_audio, like) if like is not None else None
+        rate = args.rate or (like_audio[1] if like_audio else globals().get("DAW_RATE", 44_100))
+        channels = args.channels or (like_audio[0].shape[0] if like_audio else globals().get("DAW_CHANNELS", 2))
+        if not 8_000 <= rate <= 192_000:
+            raise UserError(f"--rate {rate}: give 8000 to 192000 Hz")
+        if args.loop_bars is not None and args.seconds is not None:
+            raise UserError("give either --seconds or --loop-bars, not both")
+        if args.loop_bars is not None and not 1 <= args.loop_bars <= 64:
+            raise UserError("--loop-bars must be 1 to 64")
+        seconds = 10.0 if args.seconds is None else args.seconds
+        if not 0 < seconds <= 3600:
+            raise UserError("--seconds must be in (0, 3600]")
+        base = args.name or ("loop" if args.loop_bars else "generated")
+    _prepare_out(args.out, inputs)
+    paths = {s: args.out / f"{base}_{s}.{args.format}" for s in wanted}
+    midi_paths = {s: args.out / f"{base}_{s}.mid" for s in wanted}
+    provenance_path = args.out / f"{base}.stemweave.json"
+    _never_overwrite(inputs, [*paths.values(), *midi_paths.values(), provenance_path])
+    started = time.monotonic()
+    try:
+        if task == "accompany":
+            result = accompanist.accompany(given, rate, wanted, controls)
+        elif args.loop_bars is not None:
+            result = accompanist.generate_loop(args.loop_bars, rate, channels, wanted, controls)
+        else:  # a stretch of bars covering --seconds, cut to length (not a loop)
+            bars_needed = int(np.ceil(seconds * (controls.bpm or 120.0) / 60.0 / (controls.meter or 4)))
+            loop = accompanist.generate_loop(max(1, bars_needed), rate, channels, wanted, controls)
+            frames = int(round(seconds * rate))
+            result = accompanist.Accompaniment(
+                {s: np.pad(a, ((0, 0), (0, max(0, frames - a.shape[1]))))[:, :frames] for s, a in loop.stems.items()},
+                loop.midi, loop.analysis, loop.notes)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    elapsed = time.monotonic() - started
+    _write(args, result.stems, paths, rate)
+    for stem, path in midi_paths.items():
+        _write_midi(path, result.midi, stem)
+    a = result.analysis
+    write_json(provenance_path, {
+        "task": task, "method": "accompanist", "inputs": [str(p) for p in inputs], "given": list(given),
+        "outputs": {s: str(p) for s, p in paths.items()}, "midi": {s: str(p) for s, p in midi_paths.items()},
+        "analysis": {"bpm": round(a.bpm, 3), "meter": a.meter, "key": a.key, "chords": a.chords,
+                     "first_downbeat": None if not a.downbeats.size else round(float(a.downbeats[0]), 4),
+                     "sources": a.sources},
+        "controls": {"style": controls.style, "density": controls.density, "intensity": controls.intensity,
+                     "programs": controls.programs, "loop_bars": getattr(args, "loop_bars", None)},
+        "seed": args.seed, "rate": rate, "channels": int(next(iter(result.stems.values())).shape[0]),
+        "frames": int(next(iter(result.stems.values())).shape[1]), "format": args.format,
+        "bit_depth": args.bit_depth, "seconds": round(elapsed, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    _say(args, f"wrote {len(paths)} stems and their MIDI to {args.out} ({a.bpm:.1f} BPM, {a.meter}/4, {a.key})")
+    return 0
+
+
+def _write_midi(path: Path, midi, stem: str) -> None:
+    """The conductor track and one stem's track, written atomically."""
+    import mido
+
+    from stemweave.engine.audio_io import atomic_write
+
+    single = mido.MidiFile(type=1, ticks_per_beat=midi.ticks_per_beat)
+    single.tracks.append(midi.tracks[0])
+    single.tracks.extend(t for t in midi.tracks[1:] if any(getattr(m, "name", None) == stem for m in t))
+    atomic_write(path, lambda tmp: single.save(str(tmp)))
