@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from stemweave.engine.data.augment import AUGMENT_GAIN_DB, gain_and_polarity, remix
 from stemweave.engine.data.layout import parse_yaml
 from stemweave.engine.data.loudness import is_silent
 from stemweave.engine.resample import resample
@@ -21,7 +22,6 @@ STEMS = ("bass", "drums", "guitar", "piano")
 MUSDB_STEMS = ("bass", "drums", "other", "vocals")
 NAMED_STEM_FILES = ("bass", "drums", "guitar", "piano", "other", "vocals")  # <stem>.wav / <stem>.flac layouts
 AUDIO_EXTENSIONS = (".flac", ".wav")
-AUGMENT_GAIN_DB = (-6.0, 2.0)  # per-stem gain range of the augmentation
 MAX_DRAWS_PER_WINDOW = 1000  # min_active_stems gives up after this many rejected windows in a row
 RESAMPLE_MARGIN = 64  # extra source frames each side when a window is resampled on the fly
 
@@ -170,10 +170,12 @@ class StemChunks(IterableDataset):
     `augment`, each stem gets its own gain (-6..+2 dB) and polarity; stems are never shifted in time against
     each other. `min_active_stems` redraws windows with fewer non-silent stems. Each DataLoader worker draws
     its own stream from (seed, worker id, epoch); `set_epoch` changes the stream between epochs.
+    `remix` (0..1) is the share of windows whose stems are each drawn from their own random song and offset
+    (engine/data/augment.py): for separators only, as remixed stems do not play together.
     """
 
     def __init__(self, roots: str | Path | list, window: int, stems: tuple[str, ...] = STEMS, rate: int = 22050,
-                 augment: bool = False, seed: int = 0, min_active_stems: int = 0):
+                 augment: bool = False, seed: int = 0, min_active_stems: int = 0, remix: float = 0.0):
         super().__init__()
         if int(window) <= 0:
             raise ValueError(f"window must be a positive number of samples, got {window}")
@@ -181,7 +183,10 @@ class StemChunks(IterableDataset):
             raise ValueError(f"min_active_stems must be between 0 and {len(stems)}, got {min_active_stems}")
         self.roots = _as_roots(roots)
         self.window, self.stems, self.rate = int(window), tuple(stems), int(rate)
+        if not 0.0 <= float(remix) <= 1.0:
+            raise ValueError(f"remix is a probability between 0 and 1, got {remix}")
         self.augment, self.seed, self.min_active_stems = augment, int(seed), int(min_active_stems)
+        self.remix = float(remix)
         self.epoch = 0
         self.tracks = [track for root in self.roots for track in list_tracks(root)]
         if not self.tracks:
@@ -195,19 +200,28 @@ class StemChunks(IterableDataset):
     def draw_window(self, rng: np.random.Generator) -> np.ndarray:
         """One (K, window) window, redrawn until at least `min_active_stems` stems are non-silent."""
         for _ in range(MAX_DRAWS_PER_WINDOW):
-            track = self.tracks[rng.choice(len(self.tracks), p=self.track_weights)]
-            offset = int(rng.integers(0, max(track.length_at(self.rate) - self.window, 0) + 1))
-            chunk = read_window(track, offset, self.window, self.stems, self.rate)
+            if self.remix > 0 and rng.random() < self.remix:
+                chunk = remix(self._draw_stem, len(self.stems), rng)
+            else:
+                track, offset = self._draw_place(rng)
+                chunk = read_window(track, offset, self.window, self.stems, self.rate)
             if self.min_active_stems == 0 or count_active_stems(chunk) >= self.min_active_stems:
                 return self.augmented(chunk, rng) if self.augment else chunk
         raise RuntimeError(f"no window with {self.min_active_stems} non-silent stems in {MAX_DRAWS_PER_WINDOW} "
                            f"draws from {', '.join(map(str, self.roots))}: lower min_active_stems")
 
+    def _draw_place(self, rng: np.random.Generator) -> tuple[Track, int]:
+        track = self.tracks[rng.choice(len(self.tracks), p=self.track_weights)]
+        return track, int(rng.integers(0, max(track.length_at(self.rate) - self.window, 0) + 1))
+
+    def _draw_stem(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Stem k alone from a random place (the remix's source of each stem)."""
+        track, offset = self._draw_place(rng)
+        return read_window(track, offset, self.window, (self.stems[k],), self.rate)[0]
+
     def augmented(self, chunk: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Per-stem gain and polarity; the same for the whole window, so the stems stay aligned and coherent."""
-        gains_db = rng.uniform(*AUGMENT_GAIN_DB, size=len(self.stems))
-        polarity = rng.choice([-1.0, 1.0], size=len(self.stems))
-        return (chunk * (polarity * 10 ** (gains_db / 20))[:, None]).astype(np.float32)
+        return gain_and_polarity(chunk, rng)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         worker = get_worker_info()
