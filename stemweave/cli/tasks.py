@@ -614,12 +614,7 @@ def run_accompanist(args, task: str) -> int:
         bad = [s for s in wanted if s not in STEMS]
         if bad:
             raise UserError(f"unknown stem(s) {', '.join(bad)}: the accompanist writes {', '.join(STEMS)}")
-        like = getattr(args, "like", None)
-        like_audio = _read(read_audio, like) if like is not None else None
-        rate = args.rate or (like_audio[1] if like_audio else globals().get("DAW_RATE", 44_100))
-        channels = args.channels or (like_audio[0].shape[0] if like_audio else globals().get("DAW_CHANNELS", 2))
-        if not 8_000 <= rate <= 192_000:
-            raise UserError(f"--rate {rate}: give 8000 to 192000 Hz")
+        rate, channels = output_format(args)
         if args.loop_bars is not None and args.seconds is not None:
             raise UserError("give either --seconds or --loop-bars, not both")
         if args.loop_bars is not None and not 1 <= args.loop_bars <= 64:
@@ -629,8 +624,11 @@ def run_accompanist(args, task: str) -> int:
             raise UserError("--seconds must be in (0, 3600]")
         base = args.name or ("loop" if args.loop_bars else "generated")
     _prepare_out(args.out, inputs)
-    paths = {s: args.out / f"{base}_{s}.{args.format}" for s in wanted}
-    midi_paths = {s: args.out / f"{base}_{s}.mid" for s in wanted}
+    if task == "accompany":  # named by the generated stem, as the prior's outputs (drums.wav -> bass.wav)
+        paths = accompany_paths(inputs[0], given_names[0], wanted, args.out, args.format)
+    else:
+        paths = {s: args.out / f"{base}_{s}.{args.format}" for s in wanted}
+    midi_paths = {s: path.with_suffix(".mid") for s, path in paths.items()}
     provenance_path = args.out / f"{base}.stemweave.json"
     _never_overwrite(inputs, [*paths.values(), *midi_paths.values(), provenance_path])
     started = time.monotonic()
