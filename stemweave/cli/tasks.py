@@ -181,7 +181,7 @@ def _refine_setup(args, model, device):
 
 
 def run_accompany(args) -> int:
-    if args.method == "accompanist":
+    if _method(args) == "accompanist":
         return run_accompanist(args, "accompany")
     from stemweave.engine.audio_io import read_audio
 
@@ -233,7 +233,7 @@ def run_accompany(args) -> int:
 
 
 def run_generate(args) -> int:
-    if args.method == "accompanist":
+    if _method(args) == "accompanist":
         return run_accompanist(args, "generate")
     _check_format(args)
     stems = _names(args.stems, "--stems")
@@ -536,9 +536,10 @@ def _accompanist_options(p: argparse.ArgumentParser, bpm: bool) -> None:
     from stemweave.engine.accompanist.writer import STYLES
 
     group = p.add_argument_group("the accompanist (--method accompanist, the default)")
-    group.add_argument("--method", choices=("accompanist", "prior"), default="accompanist",
+    group.add_argument("--method", choices=("accompanist", "prior"), default=None,
                        help="accompanist (default): parts written on the given stems' beat and harmony, rendered "
-                       "with the soundfont synth, plus their MIDI; prior: sample the diffusion prior (--model)")
+                       "with the soundfont synth, plus their MIDI; prior: sample the diffusion prior (--model; "
+                       "the default with --range, which regenerates part of a given stem)")
     if bpm:
         group.add_argument("--bpm", type=float, default=None, help="tempo (default: heard from the given stems)")
     group.add_argument("--meter", type=int, default=None, help="beats per bar (default: heard, else 4)")
@@ -551,6 +552,13 @@ def _accompanist_options(p: argparse.ArgumentParser, bpm: bool) -> None:
     group.add_argument("--intensity", type=float, default=0.5, help="0-1: how hard the parts play (default 0.5)")
     group.add_argument("--program", action="append", default=[], metavar="STEM=N",
                        help="General MIDI program of a generated stem, e.g. bass=38 (repeatable)")
+
+
+def _method(args) -> str:
+    """The accompanist unless --method prior, or a --range (part of a given stem, which only a prior inpaints)."""
+    if args.method:
+        return args.method
+    return "prior" if getattr(args, "range", None) is not None else "accompanist"
 
 
 def _controls(args):
@@ -588,7 +596,8 @@ def run_accompanist(args, task: str) -> int:
     inputs = list(getattr(args, "inputs", None) or [])
     if task == "accompany":
         if args.range is not None:
-            raise UserError("--range regenerates with a prior: add --method prior")
+            raise UserError("--range regenerates part of a given stem, which only a prior does: drop --method "
+                            "accompanist")
         given_names = _names(args.given, "--given")
         if given_names is not None and len(given_names) != len(inputs):
             raise UserError(f"--given names {len(given_names)} stems for {len(inputs)} files: one name per file")
@@ -659,6 +668,7 @@ def run_accompanist(args, task: str) -> int:
                      "sources": a.sources},
         "controls": {"style": controls.style, "density": controls.density, "intensity": controls.intensity,
                      "programs": controls.programs, "loop_bars": getattr(args, "loop_bars", None)},
+        "loop_bars": getattr(args, "loop_bars", None), "bpm": round(a.bpm, 3) if task == "generate" else None,
         "seed": args.seed, "rate": rate, "channels": int(next(iter(result.stems.values())).shape[0]),
         "frames": int(next(iter(result.stems.values())).shape[1]), "format": args.format,
         "bit_depth": args.bit_depth, "seconds": round(elapsed, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
