@@ -29,6 +29,48 @@ def test_one_step_matches_hand_computation():
     assert math.isclose(out.item(), x, rel_tol=1e-12)
 
 
+
+def test_one_correction_step_renoises_and_repeats_the_step_by_hand():
+    """resamples=1 (MSDM's correction): each noise level is stepped twice, renoised from sigma_next back to sigma in
+    between, with the noise drawn in the order churn, (step), renoise, churn, (step)."""
+    a = 0.3
+    direction = lambda x, s: (x - a * x / (a + s**2)) / s  # noqa: E731
+    sigmas = torch.tensor([2.0, 0.5, 0.0], dtype=torch.float64)
+    draws = [0.7, -1.1, 0.3, 0.9, -0.4, 1.5]  # per level: churn, renoise, churn
+    noises = iter(draws)
+    out = sample_heun(direction, torch.tensor([1.3], dtype=torch.float64), sigmas, s_churn=0.2, resamples=1,
+                      randn=lambda like: torch.full_like(like, next(noises)))
+    gamma, x, eps = 0.1, 1.3, iter(draws)
+    for sigma, sigma_next in [(2.0, 0.5), (0.5, 0.0)]:
+        for r in (1, 0):
+            s_hat = sigma * (1 + gamma)
+            x = x + math.sqrt(s_hat**2 - sigma**2) * next(eps)
+            d = direction(x, s_hat)
+            x_next = x + (sigma_next - s_hat) * d
+            if sigma_next > 0:
+                x_next = x + (sigma_next - s_hat) * 0.5 * (d + direction(x_next, sigma_next))
+            x = x_next
+            if r > 0:
+                x = x + math.sqrt(sigma**2 - sigma_next**2) * next(eps)
+    assert next(noises, None) is None and next(eps, None) is None  # all six draws used, by both
+    assert math.isclose(out.item(), x, rel_tol=1e-12)
+    # the same run without churn still renoises between the two passes: 2 draws, both renoising
+    noises = iter([0.5, -0.25])
+    out = sample_heun(direction, torch.tensor([1.3], dtype=torch.float64), sigmas, resamples=1,
+                      randn=lambda like: torch.full_like(like, next(noises)))
+    x = 1.3
+    renoise = iter([0.5, -0.25])
+    for sigma, sigma_next in [(2.0, 0.5), (0.5, 0.0)]:
+        for r in (1, 0):
+            d = direction(x, sigma)
+            x_next = x + (sigma_next - sigma) * d
+            if sigma_next > 0:
+                x_next = x + (sigma_next - sigma) * 0.5 * (d + direction(x_next, sigma_next))
+            x = x_next
+            if r > 0:
+                x = x + math.sqrt(sigma**2 - sigma_next**2) * next(renoise)
+    assert math.isclose(out.item(), x, rel_tol=1e-12)
+
 def test_heun_beats_euler_on_the_exact_ode_at_equal_evaluations(independent_prior):
     # Probability-flow ODE of a Gaussian prior: per frequency x(0) = sqrt(S / (S + smax^2)) x(smax).
     prior, smax = independent_prior, 1.0
