@@ -7,7 +7,7 @@ request picks it with params `method` (docs/protocol.md, "Methods"):
 
 * "accompanist": this module; the default for accompany and generate when the
   request names no model, preset or sampler parameter (so older clients that
-  chose a prior keep getting one);
+  chose a prior keep getting one) and this installation has the accompanist;
 * "prior": the model and preset, as before this parameter existed; the
   sampler integrators "euler" and "heun" also mean the prior (the parameter's
   older meaning);
@@ -52,6 +52,15 @@ def engine():
     return accompanist
 
 
+def available() -> bool:
+    """Whether this installation has the whole accompanist (it writes and renders parts)."""
+    try:
+        module = engine()
+    except ImportError:
+        return False
+    return callable(getattr(module, "accompany", None)) and callable(getattr(module, "generate_loop", None))
+
+
 def method_of(task: str, params: Mapping[str, Any], model: str | None, preset: str | None,
               prior_params: set[str]) -> str:
     """Which engine makes this request's stems: "accompanist", "prior" or "refine" (ValueError for another value).
@@ -61,7 +70,7 @@ def method_of(task: str, params: Mapping[str, Any], model: str | None, preset: s
     if task == "separate":
         return "prior"
     if method is None:
-        if model or preset or set(params) & prior_params:
+        if model or preset or set(params) & prior_params or not available():
             return "prior"
         return "accompanist"
     if not isinstance(method, str):
@@ -133,10 +142,9 @@ def _check(name: str, value, rule) -> None:
 def validate(task: str, method: str, params: Mapping[str, Any], given: Mapping[str, np.ndarray], rate: int,
              seed: int) -> dict:
     """The job spec of an accompanist request, or ValueError with the message for the client."""
-    try:
-        module = engine()
-    except ImportError as error:
-        raise ValueError(f"the accompanist is not installed in this version ({error}): use method prior") from None
+    if not available():
+        raise ValueError("the accompanist is not installed whole in this version: use method prior")
+    module = engine()
     if method == "refine" and not callable(getattr(module, "refine", None)):
         raise ValueError("method refine (the accompanist's render refined by a prior) is not offered by this "
                          "version's accompanist: use method accompanist or prior")

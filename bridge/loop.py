@@ -60,6 +60,13 @@ METHODS = ("accompanist", "prior")
 MIDI_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # a file name for a saved loop MIDI: no folders
 
 
+def default_method() -> str:
+    """The loops' default method: the accompanist where this installation has it, else the prior."""
+    from stemweave.bridge import accompanist_jobs
+
+    return "accompanist" if accompanist_jobs.available() else "prior"
+
+
 def loop_name(loop: "Loop") -> str:
     """The file stem a loop is written under: loop-0003-120bpm-4bars."""
     return f"loop-{loop.serial:04d}-{loop.tempo:g}bpm-{loop.bars}bars"
@@ -583,7 +590,8 @@ class LoopSettings:
     source: str = "generate"
     preset: str = "loop"  # presets/loop.toml: made in time for the bar swap on 2 CPU cores (method prior)
     tempo_source: str = "osc"  # osc | midi
-    method: str = "accompanist"  # accompanist (parts written on the tempo, key and chords) | prior (the model)
+    # accompanist (parts written on the tempo, key and chords; the default where installed) | prior (the model)
+    method: str = field(default_factory=lambda: default_method())
     style: str = "default"  # the accompanist's controls (engine/accompanist, Controls)
     density: float = 0.5
     intensity: float = 0.5

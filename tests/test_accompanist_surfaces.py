@@ -1,8 +1,6 @@
 """The accompanist behind the server (issue 21, item 4), over a real ZeroMQ socket on loopback: accompany and
 generate jobs default to it, its stems are aligned with the region, its MIDI file comes back as a named frame,
-its analysis is in the result's info; method prior still reaches the model; bad requests get bad-request.
-
-The accompanist is stemweave.engine.accompanist when installed, else tests/accompanist_fake.py (same API)."""
+its analysis is in the result's info; method prior still reaches the model; bad requests get bad-request."""
 
 from __future__ import annotations
 
@@ -12,7 +10,6 @@ import mido
 import numpy as np
 import pytest
 
-import accompanist_fake
 from stemweave.bridge import accompanist_jobs
 from stemweave.bridge import protocol as P
 from stemweave.bridge.client import Client, ServerError
@@ -31,8 +28,9 @@ def drum_loop(bars: int = 4, rate: int = RATE, bpm: float = BPM, channels: int =
     rng = np.random.default_rng(0)
     t = np.arange(int(0.2 * rate)) / rate
     kick = (0.8 * np.sin(2 * np.pi * (50 + 60 * np.exp(-t * 30)) * t) * np.exp(-t * 18)).astype(np.float32)
-    snare = (0.3 * rng.standard_normal(t.size) * np.exp(-t * 25)).astype(np.float32)
-    hat = (0.05 * rng.standard_normal(t.size) * np.exp(-t * 80)).astype(np.float32)
+    noise = np.diff(rng.standard_normal(t.size + 2), 2)  # differenced twice: high-passed, no kick band
+    snare = (0.3 * noise * np.exp(-t * 25)).astype(np.float32)
+    hat = (0.02 * noise * np.exp(-t * 80)).astype(np.float32)
     kicks = []
     for eighth in range(bars * 8):
         start = int(round(eighth * beat / 2 * rate))
@@ -57,10 +55,8 @@ def note_on_seconds(midi: mido.MidiFile) -> list[float]:
 
 
 @pytest.fixture
-def accompanist(monkeypatch):
-    module = accompanist_fake.module()
-    monkeypatch.setattr(accompanist_jobs, "engine", lambda: module)
-    return module
+def accompanist():
+    return accompanist_jobs.engine()  # stemweave.engine.accompanist
 
 
 @pytest.fixture
@@ -169,3 +165,22 @@ def test_result_files_round_trip_and_malformed_files_are_refused():
     assert "files" not in P.decode(P.Result(job="a" * 32, rate=8000, stems_audio=stems).to_frames()).header()
     with pytest.raises(P.ProtocolError):
         P.decode([frames[0], frames[1]])  # the midi frame is missing
+
+
+def test_without_the_whole_accompanist_the_default_is_the_prior_and_asking_for_it_is_refused(monkeypatch,
+                                                                                                   accompanist):
+    import types
+
+    monkeypatch.setattr(accompanist_jobs, "engine", lambda: types.SimpleNamespace(Controls=accompanist.Controls))
+    served = Server("tcp://127.0.0.1:*", model_loader=lambda name, device: analytic_model(rate=4000, window=256),
+                    model_names=["analytic"], default_model="analytic", preload=False, check_device=False,
+                    log=lambda text: None).start()
+    try:
+        drums, _ = drum_loop(bars=1, rate=4000, channels=1)
+        with Client(served.endpoint, timeout=120) as client:
+            assert list(client.accompany({"drums": drums}, 4000, params={"stems": ["bass"]})) == ["bass"]
+            assert client.last_result.info["model"] == "analytic"
+            with pytest.raises(ServerError, match="not installed"):
+                client.accompany({"drums": drums}, 4000, params={"method": "accompanist"})
+    finally:
+        served.stop()

@@ -1,9 +1,7 @@
 """The live loop engine on the accompanist (issue 21, item 5), over real UDP sockets on loopback: loops of N bars at
 the engine's tempo, key and chords, seamless at the wrap; OSC sets style, density, intensity, key, chords and
 method and saves the loop's MIDI; through `stemweave serve`'s hook the loops are accompanist jobs of the server's
-queue and their MIDI travels in the result's "midi" frame.
-
-The accompanist is stemweave.engine.accompanist when installed whole, else tests/accompanist_fake.py."""
+queue and their MIDI travels in the result's "midi" frame."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ import mido
 import numpy as np
 import pytest
 
-import accompanist_fake
 from stemweave.bridge import accompanist_jobs, osc
 from stemweave.bridge.loop import LocalBackend, LoopEngine, LoopSettings, bar_frames
 
@@ -29,10 +26,8 @@ class NoModel:
 
 
 @pytest.fixture
-def accompanist(monkeypatch):
-    module = accompanist_fake.module()
-    monkeypatch.setattr(accompanist_jobs, "engine", lambda: module)
-    return module
+def accompanist():
+    return accompanist_jobs.engine()  # stemweave.engine.accompanist
 
 
 def ask(control, address, *args, timeout=1.0):
