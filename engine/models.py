@@ -141,7 +141,8 @@ def quality_warning(card: dict[str, Any]) -> str | None:
     return f"{card.get('name', 'this model')} measures below the project's quality bar: {quality.get('note', 'see its card')}"
 
 
-def _load(name_or_path: str | Path, device) -> ModelFile:
+def load_model_file(name_or_path: str | Path, device: str | torch.device = "cpu") -> ModelFile:
+    """A shipped model's name or a model file path as its card and float32 network(s)."""
     return load_model(resolve_model(name_or_path), device=device)
 
 
@@ -161,7 +162,7 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu"):
         from stemweave.engine.latent.train import load_msldm
 
         return load_msldm(resolve_model(name_or_path), device=device)
-    model = _load(name_or_path, device)
+    model = load_model_file(name_or_path, device)
     if model.kind == "msdm":
         prior = JointPrior(denoiser_of(model.net, model.card), model.stems)
     elif model.kind == "isdm":
@@ -177,7 +178,7 @@ def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu")
     """A regression model file as a `RegressionSeparator` (eval mode)."""
     if model_kind(name_or_path) == "msldm":
         raise ValueError(f"{name_or_path} is an msldm latent prior, not a regression separator; load it with load_prior")
-    model = _load(name_or_path, device)
+    model = load_model_file(name_or_path, device)
     if model.kind != "regression":
         raise ValueError(f"{model.card['name']} is a {model.kind} prior, not a regression separator; load it with load_prior")
     return RegressionSeparator(model.net, model.stems, model.card).to(device).eval()
@@ -185,7 +186,7 @@ def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu")
 
 def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: bool = False) -> tuple[Path, Path]:
     """Merge one-stem isdm model files (one per `stemweave train --stem S` run) into one isdm model file."""
-    models = [_load(p, "cpu") for p in parts]
+    models = [load_model_file(p, "cpu") for p in parts]
     nets, training, metrics = {}, {}, {}
     for model in models:
         if model.kind != "isdm":
@@ -213,6 +214,7 @@ __all__ = [
     "RegressionSeparator",
     "combine_isdm",
     "list_models",
+    "load_model_file",
     "load_prior",
     "load_separator",
     "model_kind",

@@ -2,7 +2,8 @@
 
 One loop for both objectives, on CPU or CUDA unchanged:
 
-- diffusion: EDM loss (`edm_loss`) with sigma ~ LogNormal(-3, 1) (`sample_training_sigma`),
+- diffusion: EDM loss (`edm_loss`) with sigma ~ LogNormal(sigma_mean, sigma_std) from the config's [train]
+  (the reference's (-3, 1) by default; the CPU configs widen it to cover the samplers' range),
   the K stems as channels (MSDM) or one stem (ISDM, `stem=`);
 - regression: mixture (sum of the stems) -> K stems, projected to sum to the
   mixture, L1 against the true stems.
@@ -24,6 +25,7 @@ import contextlib
 import copy
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -68,6 +70,7 @@ class TrainSettings:
     device: str = "auto"
     workers: int = 0
     resume: str = "auto"  # "auto" (last checkpoint if any), "never", or a checkpoint path
+    init_from: str | None = None  # a model file (shipped name or path) whose weights and network start a new run
     data: tuple[str, ...] = ()
     valid: tuple[str, ...] = ()
     progress: bool = True
@@ -101,6 +104,37 @@ def resolve_config(settings: TrainSettings) -> dict[str, Any]:
     return config
 
 
+def start_from_model(settings: TrainSettings, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor], list]:
+    """`--init-from`: the model file's network config, weights and ledger, checked against the run's objective.
+
+    The shipped file is the durable checkpoint (a run folder dies with its machine): its architecture,
+    rate, window and sigma_data win over the named config, whose [train] section still applies.
+    """
+    from stemweave.engine.models import load_model_file
+
+    model = load_model_file(settings.init_from)
+    if model.kind != settings.kind():
+        raise ValueError(f"{settings.init_from} is a {model.kind} model; this run trains {settings.kind()}")
+    if tuple(model.stems) != settings.model_stems():
+        raise ValueError(f"{settings.init_from} models stems {list(model.stems)}, not {list(settings.model_stems())}")
+    card = model.card
+    config = dict(config, rate=card["rate"], window=card["window"], sigma_data=card["sigma_data"], clamp=card["clamp"],
+                  unet=dict(card["config"]["unet"]))
+    net = model.nets[settings.stem] if settings.stem else model.net
+    weights = {k: v.float() for k, v in net.state_dict().items()}
+    return config, weights, ledger_of(card)
+
+
+def ledger_of(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """A model card's training ledger (one entry per shipped version); cards from before the ledger get one entry."""
+    training = card.get("training", {})
+    if "ledger" in training:
+        return list(training["ledger"])
+    return [{"name": card.get("name"), "steps": training.get("steps"), "total_steps": training.get("steps"),
+             "cpu_hours": round(training.get("train_seconds", 0) / 3600, 2) if training.get("train_seconds") else None,
+             "metrics": card.get("metrics", {}), "created": card.get("created")}]
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,6 +154,8 @@ class Objective(nn.Module):
         self.stems = tuple(stems) if stems else tuple(str(k) for k in range(net.out_channels))
         if objective == "diffusion":
             self.denoiser = EDMDenoiser(net, sigma_data=config.get("sigma_data", 0.2), clamp=config.get("clamp", True))
+            train = config.get("train", {})
+            self.sigma_mean, self.sigma_std = train.get("sigma_mean", -3.0), train.get("sigma_std", 1.0)  # LogNormal
         else:
             self.separator = RegressionSeparator(net, self.stems)
 
@@ -130,7 +166,7 @@ class Objective(nn.Module):
     def loss(self, stems: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """stems: (batch, K, time) clean stems."""
         if self.objective == "diffusion":
-            sigma = sample_training_sigma(stems.shape[0], generator=generator).to(stems.device)  # LogNormal(-3, 1)
+            sigma = sample_training_sigma(stems.shape[0], self.sigma_mean, self.sigma_std, generator).to(stems.device)
             noise = torch.randn(stems.shape, generator=generator).to(stems.device)
             return edm_loss(self.denoiser, stems, sigma, noise)
         mixture = stems.sum(dim=1, keepdim=True)  # (batch, 1, time)
@@ -245,8 +281,17 @@ def train(
     checkpoint_path = run_dir / CHECKPOINT
     stems = settings.model_stems()
 
+    ledger: list = []
+    init_weights = None
+    resuming = settings.resume != "never" and (settings.resume != "auto" or checkpoint_path.exists())
+    if settings.init_from:  # its network config applies to a resumed run too; its weights only to a new one
+        config, init_weights, ledger = start_from_model(settings, config)
+        init_weights = None if resuming else init_weights
     torch.manual_seed(settings.seed)
     net = UNet1d(config["unet"]).to(device)
+    if init_weights is not None:
+        net.load_state_dict(init_weights)
+        log(f"started from the weights of {settings.init_from} ({ledger[-1].get('total_steps')} steps before this run)")
     model = Objective(net, settings.objective, config, stems).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
@@ -279,6 +324,7 @@ def train(
         else:
             generator.manual_seed(settings.seed + 1 + 1000 * rank + int(state["step"]))
         run = RunState(step=int(state["step"]), seconds=float(state["seconds"]))
+        ledger = state.get("ledger", [])
         log(f"resumed {resume_from} at step {run.step}")
 
     if dataset is None:
@@ -322,6 +368,9 @@ def train(
                 "config": config,
                 "settings": _settings_record(settings),
                 "last_validation": run.last_validation,
+                "ledger": ledger,
+                "threads": torch.get_num_threads(),
+                "device": str(device),
             },
             checkpoint_path,
         )
@@ -411,6 +460,16 @@ def export_model(
     }
     card_metrics = {"validation": state.get("last_validation") or {}}
     card_metrics.update(metrics or {})
+    ledger = list(state.get("ledger", []))
+    before = (ledger[-1].get("total_steps") or 0) if ledger else 0
+    # CPU-hours count the threads a CPU run used; a GPU run records its device hours instead.
+    hours = state["seconds"] / 3600 * (state.get("threads", 1) if str(state.get("device", "cpu")) == "cpu" else 1)
+    ledger.append({"name": name, "steps": state["step"], "total_steps": before + state["step"],
+                   "device": str(state.get("device", "cpu")),
+                   ("cpu_hours" if str(state.get("device", "cpu")) == "cpu" else "device_hours"): round(hours, 3),
+                   "metrics": card_metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    training["total_steps"] = before + state["step"]
+    training["ledger"] = ledger
     return save_model(out_dir, {stem: net} if kind == "isdm" else net, name=name, kind=kind, stems=stems,
                       config=config, training=training, metrics=card_metrics, fp16=fp16)
 

@@ -58,6 +58,7 @@ class UNetConfig:
     fourier_features: int = 64  # learned Fourier features of c_noise
     embedding_features: int | None = None  # width of the c_noise MLP; default 4 * channels
     conditioning: bool = True  # False: ignore c_noise, no FiLM (a plain regressor)
+    legacy_narrow_patch: bool = False  # only for shipped files made before the width invariant (validate)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "UNetConfig":
@@ -92,6 +93,17 @@ class UNetConfig:
                 raise ValueError(f"channels * multiplier {self.channels * m} is not divisible by resnet_groups {self.resnet_groups}")
         if any(f * self.kernel_multiplier_downsample % 2 for f in self.factors):
             raise ValueError("factor * kernel_multiplier_downsample must be even (exact length division)")
+        patch_values = max(self.in_channels, self.out_channels) * self.patch_factor
+        patch_width = self.channels * self.multipliers[0]
+        if patch_width < patch_values and not self.legacy_narrow_patch:
+            # The output conv maps patch_width channels to patch_values numbers per patch: narrower, and the
+            # network's correction reaches only a subspace of each patch (DESIGN.md, "represent its output").
+            raise ValueError(
+                f"the patch level is channels * multipliers[0] = {self.channels} * {self.multipliers[0]} = {patch_width} "
+                f"wide, but a patch holds max(in_channels, out_channels) * patch_factor = "
+                f"max({self.in_channels}, {self.out_channels}) * {self.patch_factor} = {patch_values} numbers: the network "
+                f"could not represent its own output; raise multipliers[0] to at least "
+                f"{-(-patch_values // self.channels)}")
 
 
 def _group_norm(groups: int, channels: int) -> nn.GroupNorm:

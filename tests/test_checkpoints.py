@@ -19,7 +19,7 @@ from stemweave.engine.checkpoints import (
 )
 from stemweave.engine.unet import UNet1d
 
-TINY = dict(channels=8, patch_factor=4, multipliers=[1, 2, 2], factors=[2, 2], num_blocks=1,
+TINY = dict(channels=8, patch_factor=4, multipliers=[2, 2, 2], factors=[2, 2], num_blocks=1,
             attentions=[False, True], attention_heads=2, attention_features=8, fourier_features=8)
 CONFIG = {"name": "tiny", "rate": 22050, "window": 256, "sigma_data": 0.2, "clamp": True, "unet": TINY}
 

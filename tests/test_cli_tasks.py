@@ -128,7 +128,7 @@ def test_separate_with_a_model_file(tmp_path):
     from stemweave.engine.checkpoints import save_model
     from stemweave.engine.unet import UNet1d
 
-    tiny = dict(channels=8, patch_factor=4, multipliers=[1, 2], factors=[2], num_blocks=1, attentions=[False],
+    tiny = dict(channels=8, patch_factor=4, multipliers=[2, 2], factors=[2], num_blocks=1, attentions=[False],
                 attention_heads=2, attention_features=8, conditioning=False, in_channels=1, out_channels=4)
     config = {"name": "tiny", "rate": 8000, "window": 256, "unet": tiny}
     save_model(tmp_path, UNet1d(tiny).eval(), name="tiny", kind="regression", stems=list(STEMS), config=config)
@@ -173,7 +173,7 @@ def tiny_models(tmp_path):
     from stemweave.engine.checkpoints import save_model
     from stemweave.engine.unet import UNet1d
 
-    base = dict(channels=8, patch_factor=4, multipliers=[1, 2], factors=[2], num_blocks=1, attentions=[False],
+    base = dict(channels=8, patch_factor=4, multipliers=[2, 2], factors=[2], num_blocks=1, attentions=[False],
                 attention_heads=2, attention_features=8)
     separator = {**base, "conditioning": False, "in_channels": 1, "out_channels": 4}
     prior = {**base, "in_channels": 4, "out_channels": 4}

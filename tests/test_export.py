@@ -18,7 +18,7 @@ from stemweave.export import backends
 from stemweave.export.backends import OnnxDenoiser, export_model, load_prior_with_backend
 
 STEMS = ["bass", "drums", "guitar", "piano"]
-TINY = dict(channels=8, patch_factor=4, patch_blocks=1, multipliers=[1, 2, 2], factors=[2, 2], num_blocks=1,
+TINY = dict(channels=8, patch_factor=4, patch_blocks=1, multipliers=[2, 2, 2], factors=[2, 2], num_blocks=1,
             attentions=[False, True], attention_heads=2, attention_features=8, resnet_groups=4, fourier_features=8)
 STRIDE = 16  # 4 * 2 * 2
 WINDOW = 256

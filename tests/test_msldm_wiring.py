@@ -17,7 +17,7 @@ from stemweave.engine.unet import UNet1d
 STEMS = ("bass", "drums", "guitar", "piano")
 C = 4
 TINY_VAE = dict(encoder_dim=4, latent_dim=C, decoder_dim=32)
-TINY_UNET = dict(in_channels=4 * C, out_channels=4 * C, channels=8, patch_factor=1, multipliers=[1, 2, 2],
+TINY_UNET = dict(in_channels=4 * C, out_channels=4 * C, channels=8, patch_factor=1, multipliers=[2, 2, 2],
                  factors=[2, 2], num_blocks=1, attentions=[False, True], attention_heads=2, attention_features=8,
                  resnet_groups=4, conditioning=True)
 WINDOW_FRAMES = 16  # 5112 samples (0.23 s at 22.05 kHz): regions of a second take several windows

@@ -43,12 +43,21 @@ def register(subparsers) -> None:
                         help="--generation: window length in samples (default: the first msdm/isdm model's window; "
                         "msldm models generate any length)")
     parser.add_argument("--examples", help="--generation: write the generated clips here as WAV files to listen to")
+    parser.add_argument("--denoiser", action="append", default=[], metavar="MODEL",
+                        help="the denoiser check instead: MSE per sigma (over the sigmas its presets sample) next to the "
+                             "zero output, c_skip * x and the best scalar shrink; exit status 1 when it loses anywhere "
+                             "(repeatable; --tracks / --seconds default to 5 x 12 s)")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.denoiser:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return run_denoiser_check(args)
 
     from stemweave.engine import evaluate as ev
     from stemweave.engine.models import load_prior, load_separator, resolve_model
@@ -126,6 +135,27 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         meta = {"data": args.data, "tracks": len(tracks), "seconds_per_track": args.seconds, "machine": machine(), "command": " ".join(sys.argv)}
         ev.write_report(args.json, reports, meta)
+    return 0
+
+
+def run_denoiser_check(args: argparse.Namespace) -> int:
+    """`--denoiser`: a prior that loses to a trivial denoiser is broken, whatever its training budget."""
+    from stemweave.engine.denoiser_check import check_model, format_table
+
+    results, failed = [], []
+    for name in args.denoiser:
+        try:
+            rows, meta = check_model(name, args.data, args.tracks or 5, args.seconds or 12.0, seed=args.seed)
+        except (ValueError, OSError) as error:
+            raise UserError(str(error)) from None
+        print(format_table(name, rows) + f"\n({meta['windows']} windows of {meta['data']})\n")
+        results.append(meta | {"rows": [r.as_dict() for r in rows]})
+        failed += [f"{name} at sigma {r.sigma:.3g} (x{r.ratio:.2f} the best scalar shrink)" for r in rows if not r.passes]
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "command": " ".join(sys.argv), "models": results}, indent=2))
+    if failed:
+        print("FAILS the denoiser check: " + "; ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -33,6 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="also checkpoint at least this often")
     p.add_argument("--valid-every", type=int, default=None, help="steps between validations (default: the config's)")
     p.add_argument("--valid-windows", type=int, default=32)
+    p.add_argument("--init-from", metavar="MODEL", default=None,
+                   help="start a new run from a model file's weights (a shipped name or a path): its network, rate, "
+                        "window and sigma_data replace --config's, whose [train] settings still apply; the exported "
+                        "card continues its training ledger (steps, CPU-hours, metrics per version)")
     p.add_argument("--resume", default="auto", help="auto (default: the run's last checkpoint if any), never, or a path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (leave cores for a DAW)")
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
         valid_every=args.valid_every, valid_windows=args.valid_windows, log_every=args.log_every, seed=args.seed,
         threads=args.threads, device=args.device, workers=args.workers, resume=args.resume,
+        init_from=args.init_from,
         data=tuple(map(str, args.data)), valid=tuple(map(str, args.valid)), progress=not args.no_progress,
     )
     if not export_only:
