@@ -61,6 +61,23 @@ def available() -> bool:
     return callable(getattr(module, "accompany", None)) and callable(getattr(module, "generate_loop", None))
 
 
+def warm(rate: int) -> float:
+    """Load what the accompanist's first job would (its imports, the soundfont synth at `rate`) by making a short
+    loop and dropping it; returns the seconds it took. The live loop calls it at start, so the first loop is as
+    quick as the next ones."""
+    import time
+
+    started = time.perf_counter()
+    module = engine()
+    controls = module.Controls(bpm=240.0)
+    clicks = np.zeros((1, bar_frames(240.0, int(rate))), np.float32)
+    clicks[0, :: clicks.shape[1] // 4] = 1.0  # a bar of clicks: the analysis runs too
+    stems = [s for s in getattr(module, "STEMS", DEFAULT_STEMS) if s != "drums"]
+    module.generate_loop(1, int(rate), 1, stems, controls, given={"drums": clicks})
+    module.generate_loop(1, int(rate), 1, ["drums"], controls)
+    return time.perf_counter() - started
+
+
 def method_of(task: str, params: Mapping[str, Any], model: str | None, preset: str | None,
               prior_params: set[str]) -> str:
     """Which engine makes this request's stems: "accompanist", "prior" or "refine" (ValueError for another value).

@@ -297,6 +297,9 @@ def start(server, port: int, **options) -> OscControl:
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"osc: listening on {host}: anyone who can reach it can control the loop (control only: no audio, "
             "no files); use a trusted network")
+    if engine.settings.method == "accompanist":  # load the soundfont now, not when the first loop is asked for
+        threading.Thread(target=_warm_accompanist, args=(engine.rate, log), name="stemweave-accompanist-warm",
+                         daemon=True).start()
     control = OscControl(engine, host, port, log=log).start()
     log(f"OSC control on udp://{control.address[0]}:{control.address[1]} (docs/osc.md); loop audio: "
         f"{engine.output_name}")
@@ -312,6 +315,15 @@ def start(server, port: int, **options) -> OscControl:
 
     threading.Thread(target=close_when_stopped, name="stemweave-osc-shutdown", daemon=True).start()
     return control
+
+
+def _warm_accompanist(rate: int, log) -> None:
+    from stemweave.bridge import accompanist_jobs
+
+    try:
+        log(f"loop: accompanist ready ({accompanist_jobs.warm(rate):.1f} s to load)")
+    except Exception as error:  # noqa: BLE001 - the first loop will load it (and report what fails)
+        log(f"loop: could not warm the accompanist: {error}")
 
 
 def _connect_address(endpoint: str) -> str:
