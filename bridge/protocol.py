@@ -32,6 +32,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from stemweave.engine.audio_io import MAX_PEAK  # the largest sample magnitude a task takes (+80 dBFS)
+
 PROTOCOL_VERSION = 1
 DTYPE = "float32le"
 WIRE_DTYPE = np.dtype("<f4")
@@ -43,9 +45,6 @@ MAX_NAME = 64  # characters in a stem, model, preset name or job id
 MAX_RATE = 768_000
 MIN_RATE = 1_000
 MAX_CLAIMED_FRAMES = 1 << 31  # frames any header may claim; the server's --max-seconds is much stricter
-# The largest sample magnitude accepted (+80 dBFS): far beyond any mix's headroom, and small enough that the
-# engine's float32 arithmetic (squares, sums over windows) stays finite. 1e19 overflowed to NaN stems.
-MAX_PEAK = 1e4
 PRIORITIES = ("interactive", "batch")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # names only: no path separators, no leading dot
 
@@ -207,9 +206,10 @@ class Submit(Message):
         _expect_frames(head, audio, (channels if has_audio else 0) + len(given_names))
         region = None
         if has_audio:
-            rows = [_samples(audio[c], frames, f"channel {c}") for c in range(channels)]
+            rows = [_samples(audio[c], frames, f"channel {c}", MAX_PEAK) for c in range(channels)]
             region = np.stack(rows)  # (channels, frames), the one copy: planar frames into one array
-        given = {name: _samples(audio[(channels if has_audio else 0) + i], channels * frames, f"given stem {name!r}")
+        given = {name: _samples(audio[(channels if has_audio else 0) + i], channels * frames, f"given stem {name!r}",
+                                MAX_PEAK)
                  .reshape(channels, frames) for i, name in enumerate(given_names)}
         params = _opt_dict(head, "params") or {}
         task = _str(head, "task", 32)
@@ -608,8 +608,9 @@ def _region_shape(audio, stems: dict) -> tuple[int, int]:
     return tuple(int(n) for n in shapes.pop()) if shapes else (0, 0)
 
 
-def _samples(buffer: memoryview, count: int, what: str) -> np.ndarray:
-    """A read-only float32 view of one audio frame, checked: exact size, finite samples."""
+def _samples(buffer: memoryview, count: int, what: str, peak_limit: float | None = None) -> np.ndarray:
+    """A read-only float32 view of one audio frame, checked: exact size, finite samples, and (the audio a client
+    sends) no magnitude over `peak_limit`. Stems may exceed their mixture's peak, so results are not bounded."""
     if buffer.nbytes != count * WIRE_DTYPE.itemsize:
         raise ProtocolError("bad-message", f"{what}: the frame has {buffer.nbytes} bytes, the header says "
                                            f"{count} float32 samples ({count * WIRE_DTYPE.itemsize} bytes)")
@@ -617,8 +618,8 @@ def _samples(buffer: memoryview, count: int, what: str) -> np.ndarray:
     peak = float(np.max(np.abs(samples), initial=0.0))  # NaN or inf when any sample is
     if not math.isfinite(peak):
         raise ProtocolError("bad-message", f"{what} contains NaN or infinite samples")
-    if peak > MAX_PEAK:
-        raise ProtocolError("too-large", f"{what} has samples of magnitude {peak:.3g}: at most {MAX_PEAK:g} "
+    if peak_limit is not None and peak > peak_limit:
+        raise ProtocolError("too-large", f"{what} has samples of magnitude {peak:.3g}: at most {peak_limit:g} "
                                          "(+80 dBFS) is accepted; float audio is normally within [-1, 1]")
     return samples
 

@@ -17,6 +17,9 @@ READ_FORMATS = ("WAV", "FLAC", "AIFF", "OGG")  # soundfile major formats accepte
 WRITE_FORMATS = ("wav", "flac")
 BIT_DEPTHS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
 MAX_CHANNELS = 2
+# The largest sample magnitude any task takes (+80 dBFS): far beyond a mix's headroom, and small enough that the
+# engine's float32 arithmetic stays finite (samples near 1e19 came back as NaN stems). The server uses it too.
+MAX_PEAK = 1e4
 
 
 class AudioError(ValueError):
@@ -53,6 +56,10 @@ def check_audio_file(path, audio: np.ndarray, rate: int, channels: int) -> np.nd
         raise AudioError(f"{path}: {error}") from None
     if not np.isfinite(audio).all():
         raise AudioError(f"{path}: contains NaN or infinite samples; re-export it from the DAW")
+    peak = float(np.abs(audio).max(initial=0.0))
+    if peak > MAX_PEAK:
+        raise AudioError(f"{path}: samples reach {peak:.3g}; stemweave takes at most {MAX_PEAK:g} (+80 dBFS): "
+                         "normalise it (float audio is normally within [-1, 1])")
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

@@ -467,6 +467,10 @@ class _ProgressBar:
 def _write(args, result: dict, paths: dict, rate: int) -> None:
     from stemweave.engine.audio_io import write_audio
 
+    bad = [stem for stem in paths if not np.isfinite(result[stem]).all()]
+    if bad:  # checked before the first file: nothing is written
+        raise UserError(f"the model produced NaN or infinite samples in {', '.join(bad)}: nothing was written "
+                        "(a broken model file, or input it cannot carry)")
     for stem, path in paths.items():
         write_audio(path, result[stem], rate, format=args.format, bit_depth=args.bit_depth)
 
