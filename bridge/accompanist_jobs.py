@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -43,6 +44,9 @@ CONTROL_KEYS = ("bpm", "meter", "key", "chords", "style", "density", "intensity"
 KEY = re.compile(r"^[A-Ga-g][#b]?m?( (major|minor|maj|min))?$")
 CHORD = re.compile(r"^[A-G][#b]?[A-Za-z0-9#+°ø()-]{0,10}(/[A-G][#b]?)?$")
 STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+# One accompanist call at a time in this process: its soundfont synth is shared (engine/data/render.py) and
+# FluidSynth renders one part at a time; a warm-up and a job, or two workers, take turns.
+ENGINE_LOCK = threading.Lock()
 
 
 def engine():
@@ -73,8 +77,9 @@ def warm(rate: int) -> float:
     clicks = np.zeros((1, bar_frames(240.0, int(rate))), np.float32)
     clicks[0, :: clicks.shape[1] // 4] = 1.0  # a bar of clicks: the analysis runs too
     stems = [s for s in getattr(module, "STEMS", DEFAULT_STEMS) if s != "drums"]
-    module.generate_loop(1, int(rate), 1, stems, controls, given={"drums": clicks})
-    module.generate_loop(1, int(rate), 1, ["drums"], controls)
+    with ENGINE_LOCK:
+        module.generate_loop(1, int(rate), 1, stems, controls, given={"drums": clicks})
+        module.generate_loop(1, int(rate), 1, ["drums"], controls)
     return time.perf_counter() - started
 
 
@@ -274,17 +279,19 @@ def run(spec: dict, given: Mapping[str, np.ndarray] | None, rate: int,
     controls = module.Controls(**job["controls"])
     given = {name: np.asarray(a, np.float32) for name, a in (given or {}).items()}
     progress({"stage": "accompanist", "fraction": 0.05})
-    if job["task"] == "accompany" and job["bars"]:
-        made = module.generate_loop(job["bars"], rate, job["channels"], job["stems"], controls, given=given)
-    elif job["task"] == "accompany":
-        made = module.accompany(given, rate, job["stems"], controls)
-    else:
-        bar = bar_frames(controls.bpm, rate, job["meter"])
-        bars = job["bars"] or max(1, math.ceil(job["frames"] / bar))
-        made = module.generate_loop(bars, rate, job["channels"], job["stems"], controls)
+    with ENGINE_LOCK:
+        if job["task"] == "accompany" and job["bars"]:
+            made = module.generate_loop(job["bars"], rate, job["channels"], job["stems"], controls, given=given)
+        elif job["task"] == "accompany":
+            made = module.accompany(given, rate, job["stems"], controls)
+        else:
+            bar = bar_frames(controls.bpm, rate, job["meter"])
+            bars = job["bars"] or max(1, math.ceil(job["frames"] / bar))
+            made = module.generate_loop(bars, rate, job["channels"], job["stems"], controls)
     if job["method"] == "refine":
         progress({"stage": "refine", "fraction": 0.6})
-        made = module.refine(made, given=given, rate=rate, controls=controls)
+        with ENGINE_LOCK:
+            made = module.refine(made, given=given, rate=rate, controls=controls)
     progress({"stage": "accompanist", "fraction": 1.0})
     frames = job["frames"] or next(iter(given.values())).shape[-1]
     periodic = bool(job["bars"])
