@@ -80,7 +80,8 @@ def test_accompanist_loops_follow_the_osc_controls_and_their_midi_can_be_saved(s
     # Seamless at the wrap: the step from the last sample to the first is no larger than the largest step inside.
     bass = loop.data[0, :, 0]
     assert abs(bass[0] - bass[-1]) <= np.abs(np.diff(bass)).max() + 1e-6
-    assert (tmp_path / "loops" / "loop-0001-120bpm-2bars.mid").is_file()  # written beside the loop's audio
+    assert wait_for(lambda: (tmp_path / "loops" / f"loop-{loop.serial:04d}-120bpm-2bars.mid").is_file(), 10)  # beside
+    # the loop's audio (written just after the loop is handed to the player)
 
     replies = ask(control, "/stemweave/loop/midi", "my-bass")
     assert replies == [("/stemweave/loop/midi", [str(tmp_path / "loops" / "my-bass.mid")])], replies
@@ -151,6 +152,6 @@ def test_serve_hook_makes_accompanist_loops_through_the_queue_with_their_midi(ac
         loop = engine.player.current
         assert loop.frames == RATE and loop.info["midi"]
         assert mido.MidiFile(file=io.BytesIO(loop.info["midi"])).tracks
-        assert (tmp_path / "loops" / "loop-0001-240bpm-1bars.mid").is_file()
+        assert wait_for(lambda: (tmp_path / "loops" / f"loop-{loop.serial:04d}-240bpm-1bars.mid").is_file(), 10)
     finally:
         server.stop()
