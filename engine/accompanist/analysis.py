@@ -370,7 +370,10 @@ def analyse(given: Mapping[str, np.ndarray], rate: int, controls: Controls | Non
         downbeats = beats[:1]
 
     # key and chords
-    pitched = _mono(given, [s for s in PITCHED if s in given])
+    # harmony from the chordal stems when there are any: a bass's fifth harmonic is a major third two octaves
+    # up and made every minor chord sound major; the bass still votes for the root
+    chordal = [s for s in ("guitar", "piano") if s in given and np.abs(given[s]).max() > 1e-5]
+    pitched = _mono(given, chordal or [s for s in PITCHED if s in given])
     bar_starts = _bar_starts(downbeats, meter * period, seconds)
     bar_chroma = bass_bar_chroma = None
     if pitched is not None and np.abs(pitched).max() > 1e-5 and seconds >= 1.0:
@@ -379,6 +382,10 @@ def analyse(given: Mapping[str, np.ndarray], rate: int, controls: Controls | Non
         if "bass" in given:
             bt, bc = chroma_frames(_mono(given, ["bass"]), rate)
             bass_bar_chroma = _per_bar(bt, bc, bar_starts)
+            if chordal:  # bars where the chordal stems rest: the bass alone
+                energy = bar_chroma.sum(1)
+                quiet = energy < 0.05 * energy.max()
+                bar_chroma[quiet] = bass_bar_chroma[quiet]
     if controls.key:
         tonic, mode = parse_key(controls.key)
         sources["key"] = "given"
