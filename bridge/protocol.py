@@ -59,7 +59,6 @@ ERROR_CODES = {
     "too-long": "the region is longer than the server's --max-seconds",
     "bad-request": "a well-formed request the server cannot run: unknown model, preset, parameter or stem",
     "unknown-job": "no job with that id (never submitted, or its result has expired)",
-    "not-ready": "the job has not finished yet: wait for its result, or ask its status",
     "busy": "the queue is full: try again later",
     "cancelled": "the job was cancelled",
     "failed": "the job raised an error while running",
