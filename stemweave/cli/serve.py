@@ -85,8 +85,9 @@ def run(args) -> int:
     if args.model is not None and args.model not in server.model_names():
         raise UserError(f"--model {args.model}: not a model this server has ({', '.join(server.model_names())})")
     if server.public_key is not None:
+        who = "any client with that key" if args.curve_any_client else f"only the clients in {args.curve_clients}"
         print(f"stemweave serve: CURVE encryption on; clients need the server public key "
-              f"{server.public_key.decode()}", flush=True)
+              f"{server.public_key.decode()} ({who} may connect)", flush=True)
     print(f"stemweave serve: listening on {server.endpoint} (devices {', '.join(server.devices)}, "
           f"max {args.max_seconds:g} s per region); Ctrl-C to stop", flush=True)
     server.serve_forever()
