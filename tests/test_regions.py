@@ -135,15 +135,18 @@ def test_accompaniment_keeps_given_and_regenerates_a_range():
     assert np.abs(again[:, 300:600] - bass["bass"][:, 300:600]).max() > 1e-3
 
 
-def test_loop_wraps_seamlessly():
+@pytest.mark.parametrize("seed", [1, 2])
+def test_loop_wraps_seamlessly(seed):
+    """The step across the wrap is a step like the stem's others: at most 4 times the stem's own median step
+    (measured at most 3.2). Without the wrap inpainting the bass jumps by 8.0 (seed 1) and 5.0 (seed 2) medians."""
     preset = load_preset("generate").with_overrides(steps=12, resamples=0, s_churn=0.0)
-    loop = run_region("generate", analytic_prior(), None, 8000, preset, loop_frames=1500, seed=1)
+    loop = run_region("generate", analytic_prior(), None, 8000, preset, loop_frames=1500, seed=seed)
     for name in STEMS:
         x = loop[name][0]
         assert x.shape == (1500,)
         wrap = abs(float(x[0]) - float(x[-1]))
-        jump, typical = _max_jump(np.concatenate([x[-100:], x[:100]]), [100])
-        assert wrap <= typical, (name, wrap, typical)
+        median = float(np.median(np.abs(np.diff(x))))
+        assert wrap <= 4 * median, (name, wrap, median)
 
 
 def test_partial_results_arrive_per_window_and_add_up_to_the_result():
