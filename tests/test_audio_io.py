@@ -95,11 +95,31 @@ def test_output_dir_checks_without_writing(tmp_path):
         check_output_dir(tmp_path / "file" / "out")
     with pytest.raises(AudioError, match="not writable"):
         check_output_dir("/proc/stemweave-out")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
     if os.geteuid() != 0:
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
         with pytest.raises(AudioError, match="not writable"):
             check_output_dir(locked)
+    else:  # root may write there (os.access and the probe agree), and nothing is left behind
+        assert check_output_dir(locked) == locked and list(locked.iterdir()) == []
+
+
+def test_a_folder_whose_permissions_allow_writing_but_writing_fails_is_refused_also_for_root(tmp_path):
+    """os.access says yes (to root everywhere, and here to everyone): only the probe file finds out. A folder that
+    was removed while open (/proc/self/fd/N) has write permission and cannot take a file, for root too."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    fd = os.open(gone, os.O_RDONLY)
+    try:
+        gone.rmdir()
+        folder = f"/proc/self/fd/{fd}"
+        assert os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+        with pytest.raises(AudioError, match=r"fd/\d+ is not writable: choose another"):
+            check_output_dir(folder)
+        with pytest.raises(AudioError, match=r"it would be created in /proc/self/fd/\d+, which is not writable"):
+            check_output_dir(f"{folder}/stems")
+    finally:
+        os.close(fd)
 
 
 def test_written_files_get_the_usual_permissions_not_the_temporary_files(tmp_path):
