@@ -117,9 +117,14 @@ def test_unknown_model_and_absent_device_are_named(tmp_path, capsys):
     write(tmp_path / "s.wav", frames=500)
     assert main(["separate", str(tmp_path / "s.wav"), "-o", str(tmp_path / "o"), "--model", "nope", *FAST]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        assert main(["separate", str(tmp_path / "s.wav"), "-o", str(tmp_path / "o"), "--device", "cuda", *FAST]) == 2
-        assert "available devices: cpu" in capsys.readouterr().err
+    # a device this machine lacks on every machine: the CUDA index one past the last (cuda:0 on a CPU-only one)
+    from stemweave.api import available_devices
+
+    absent = f"cuda:{torch.cuda.device_count()}"
+    assert main(["separate", str(tmp_path / "s.wav"), "-o", str(tmp_path / "o"), "--device", absent, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"device '{absent}' is not available on this machine" in err
+    assert f"available devices: {', '.join(available_devices())}" in err and "cpu" in available_devices()
     assert not (tmp_path / "o").exists()
 
 
