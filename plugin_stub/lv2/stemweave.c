@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <lv2/atom/atom.h>
 #include <lv2/atom/util.h>
@@ -157,11 +158,27 @@ typedef struct {
 /* ----------------------------------------------------------------------------------------------------------
  * Instantiation */
 
-/* A host feature's data, or NULL. Tolerates hosts that leave a feature without a URI (lv2file 0.95 does). */
+/* Whether the n bytes at p can be read, asked of the kernel (a pipe write copies them: EFAULT, not a crash).
+ * lv2file 0.95 passes a dangling feature whose URI points at reused stack memory, so instantiate() checks
+ * every feature before reading it; instantiate only, never the audio thread. */
+static bool readable(const void* p, size_t n)
+{
+    int fds[2];
+    if (!p) return false;
+    if (pipe(fds)) return true; /* cannot probe: trust the host */
+    ssize_t written = write(fds[1], p, n);
+    close(fds[0]);
+    close(fds[1]);
+    return written == (ssize_t)n;
+}
+
+/* A host feature's data, or NULL. Tolerates hosts that leave a feature without a URI, or with a URI that
+ * points nowhere (lv2file 0.95 does both). */
 static void* feature(const LV2_Feature* const* features, const char* uri)
 {
+    size_t n = strlen(uri) + 1; /* strncmp reads at most this much: all of it is checked first */
     for (const LV2_Feature* const* f = features; f && *f; ++f)
-        if ((*f)->URI && !strcmp((*f)->URI, uri)) return (*f)->data;
+        if (readable(*f, sizeof **f) && readable((*f)->URI, n) && !strncmp((*f)->URI, uri, n)) return (*f)->data;
     return NULL;
 }
 
