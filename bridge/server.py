@@ -61,6 +61,7 @@ REFINE_PARAMS = {"refine": (str, None, None), "prior": (str, None, None)}
 # Memory per job: the region's audio, at its own rate or at the model's (whichever is larger), is at most this many
 # bytes of float32 (--max-job-mb; 600 s of 48 kHz stereo fits). A job costs about ten times that while it runs.
 DEFAULT_MAX_JOB_BYTES = 256 << 20
+ACCOMPANIST_RATE = 44100  # an accompanist generate request without a rate: what a DAW session expects
 
 
 class ServerError(Exception):
@@ -659,6 +660,9 @@ class Server:
         task = message.task
         if task not in TASKS:
             raise RequestError("bad-request", f"unknown task {task!r}: one of {', '.join(TASKS)}")
+        if task == "accompany" and message.audio is not None:
+            raise RequestError("bad-request", "accompany takes the given stems only: send audio: false (a mixture "
+                                              "would be ignored)")
         method = self._method(message)
         if method != "prior":
             return self._validate_accompanist(message, method)
@@ -703,9 +707,6 @@ class Server:
             raise RequestError("bad-request", "separate needs the region's audio (audio frames, one per channel)")
         if task == "accompany" and not message.given:
             raise RequestError("bad-request", "accompany needs at least one given stem (given: [names] + frames)")
-        if task == "accompany" and message.audio is not None:
-            raise RequestError("bad-request", "accompany takes the given stems only: send audio: false (a mixture "
-                                              "would be ignored)")
         region = {k: v for k, v in params.items() if k in REGION_PARAMS}
         if "regenerate" in region:
             region["regenerate"] = tuple(region["regenerate"])
@@ -759,14 +760,17 @@ class Server:
         if seconds > self.max_seconds:
             raise RequestError("too-long", f"the region is {seconds:.1f} s long; this server takes at most "
                                            f"{self.max_seconds:g} s (--max-seconds): send it in shorter regions")
-        model_rate = self._model_rate(model) or rate
+        self._check_bytes(channels, frames, rate, self._model_rate(model) or rate)
+        return channels, frames
+
+    def _check_bytes(self, channels: int, frames: int, rate: int, model_rate: int) -> None:
+        """The memory bound per job: the region's float32 bytes at its rate or the model's, whichever is larger."""
         job_bytes = channels * max(frames, math.ceil(frames * model_rate / rate)) * 4
         if job_bytes > self.max_job_bytes:
             raise RequestError("too-large", f"the job is {job_bytes / (1 << 20):.0f} MiB of audio ({channels} x "
                                             f"{frames} frames at {rate} Hz, model rate {model_rate} Hz); this server "
                                             f"takes at most {self.max_job_bytes / (1 << 20):g} MiB per job "
                                             "(--max-job-mb): send shorter regions")
-        return channels, frames
 
     def _validate_gmsdi(self, message: P.Submit, model: str) -> dict:
         """The spec of a request to a GMSDI model: prompts name the stems (bridge/gmsdi_jobs.py)."""
@@ -813,16 +817,18 @@ class Server:
         if message.model or message.preset:
             raise RequestError("bad-request", f"method {method} takes no model or preset (it writes and renders "
                                               "parts): use method prior to name them")
+        rate = message.rate or ACCOMPANIST_RATE  # generate may leave the rate out (docs/protocol.md)
         try:
-            job = accompanist_jobs.validate(message.task, method, message.params, message.given, message.rate,
+            job = accompanist_jobs.validate(message.task, method, message.params, message.given, rate,
                                             message.seed)
         except ValueError as error:
             raise RequestError("bad-request", str(error)) from None
         frames = job["frames"] or message.shape[1]
-        if frames / message.rate > self.max_seconds:
-            raise RequestError("too-long", f"the region is {frames / message.rate:.1f} s long; this server takes at "
+        if frames / rate > self.max_seconds:
+            raise RequestError("too-long", f"the region is {frames / rate:.1f} s long; this server takes at "
                                            f"most {self.max_seconds:g} s (--max-seconds): send it in shorter regions")
-        return {"task": message.task, "model": None, "preset": None, "seed": message.seed, "rate": message.rate,
+        self._check_bytes(job["channels"], frames, rate, rate)
+        return {"task": message.task, "model": None, "preset": None, "seed": message.seed, "rate": rate,
                 "region": {}, "preset_obj": None, "channels": job["channels"], "refine": None, "accompanist": job}
 
     def _run_accompanist(self, job: Job, device: str, progress) -> None:
@@ -837,6 +843,7 @@ class Server:
         stems, files, more = accompanist_jobs.run(job.spec, job.given, job.rate, progress_or_cancel)
         if job.cancel.is_set():
             raise Cancelled("cancelled")
+        _check_finite(stems, {"model": "the accompanist"})
         elapsed = time.monotonic() - job.started
         info = {"model": None, "preset": None, "seed": job.spec["seed"], "device": "cpu", "task": job.spec["task"],
                 **more}

@@ -115,6 +115,11 @@ def test_generate_needs_no_header_shape_or_rate_and_lengths_never_conflict_silen
     fast = {"steps": 2, "resamples": 0}
     reply = final(raw({"type": "submit", "task": "generate", "model": "analytic", "params": {"seconds": 0.05, **fast}}))
     assert (reply["type"], reply["rate"], reply["channels"], reply["frames"]) == ("result", 22050, 1, 1102)
+    from stemweave.bridge import accompanist_jobs
+
+    if accompanist_jobs.available():  # the smallest request the page shows: the accompanist at a DAW's rate
+        reply = final(raw({"type": "submit", "task": "generate", "params": {"seconds": 2}}))
+        assert (reply["type"], reply["rate"], reply["channels"]) == ("result", 44100, 1), reply
     reply = final(raw({"type": "submit", "task": "generate", "model": "analytic", "rate": 8000, "channels": 2,
                        "frames": 400, "params": fast}))
     assert (reply["rate"], reply["channels"], reply["frames"]) == (8000, 2, 400)  # the header's shape is used
