@@ -8,7 +8,9 @@ Three threads, each owning its part, in the shape of the LV2 sampler
   buffers, mixes into preallocated scratch arrays and advances positions: no
   array is allocated, no lock is taken, nothing is freed there.
 * the producer thread (`LoopEngine`) asks the server's job queue, at
-  interactive priority, for the next loop, builds a `Loop` (every stem a
+  interactive priority, for the next loop (by default one accompanist job:
+  parts written at the loop's tempo, key and chords, with their MIDI; method
+  prior: the model with the preset), builds a `Loop` (every stem a
   contiguous (frames, channels) float32 block, the bar length in frames) and
   hands it over by assigning one attribute, `LoopPlayer._pending`. Old loops
   are freed by the garbage collector in whichever thread drops the last
@@ -22,9 +24,10 @@ in the new loop at the same bar (bar b of the old loop -> bar b mod bars of the
 new one), so the swap lands on the boundary to the sample whatever the block
 size. A short equal-power fade (SWAP_FADE_S, 0 for none) starts at that sample
 because two different loops do not continue each other; the loop's own wrap
-point is never faded: loops are generated seamless there (engine/regions.py
-for generation; for accompaniment, the region around the wrap is regenerated
-with the wrap in the middle, see `accompaniment_loop`).
+point is never faded: loops are made seamless there (the accompanist writes
+and renders loops as loops; the prior: engine/regions.py for generation, and
+for accompaniment the region around the wrap is regenerated with the wrap in
+the middle, see `accompaniment_loop`).
 
 Gains: every stem name has a slot; OSC writes a target, the audio thread moves
 the gain towards it linearly at most 1.0 per GAIN_RAMP_S, per sample. Start
