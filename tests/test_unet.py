@@ -41,13 +41,26 @@ def test_conditioning_changes_output():
 
 
 def test_patching_is_exact_fold():
-    """Patching then unpatching is a bijection: each output sample depends on its own patch position."""
-    net = UNet1d(dict(TINY, in_channels=2, out_channels=2, conditioning=False))
-    x = torch.arange(2 * 2 * 32, dtype=torch.float32).reshape(2, 2, 32)
-    p, (b, ch, t) = 4, x.shape
-    folded = x.reshape(b, ch, t // p, p).permute(0, 1, 3, 2).reshape(b, ch * p, t // p)
-    assert torch.equal(folded.reshape(b, ch, p, t // p).permute(0, 1, 3, 2).reshape(b, ch, t), x)
-    assert net(x).shape == x.shape
+    """The network's own fold and unfold, element by element: patch_in sees channel c * P + j at position i holding
+    x[c, i * P + j], and output channel c, sample i * P + j comes from patch_out's channel c * P + j at position i."""
+    net = UNet1d(dict(TINY, in_channels=2, out_channels=3, conditioning=False))
+    p, b, t = 4, 2, 32
+    x = torch.randn(b, 2, t, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    net.patch_in.register_forward_hook(lambda module, args, out: seen.update(input=args[0].clone()))
+    planted = torch.randn(b, 3 * p, t // p, generator=torch.Generator().manual_seed(1))
+    net.patch_out.register_forward_hook(lambda module, args, out: planted)
+    out = net(x)
+    folded = seen["input"]
+    assert folded.shape == (b, 2 * p, t // p) and out.shape == (b, 3, t)
+    for c in range(2):
+        for j in range(p):
+            for i in range(t // p):
+                assert folded[:, c * p + j, i].tolist() == x[:, c, i * p + j].tolist()
+    for c in range(3):
+        for j in range(p):
+            for i in range(t // p):
+                assert out[:, c, i * p + j].tolist() == planted[:, c * p + j, i].tolist()
 
 
 @pytest.mark.parametrize("length", [63, 65, 8])
@@ -68,10 +81,19 @@ def test_wrong_channels_and_bad_config():
 
 
 def test_gradients_reach_every_parameter():
-    net = UNet1d(dict(TINY))
-    net(torch.randn(2, 4, 64), torch.randn(2)).pow(2).mean().backward()
-    # zero-initialised output layers block gradient to nothing upstream after one step; check the last layers
-    assert net.patch_out.weight.grad.abs().sum() > 0
+    """Every parameter gets a non-zero gradient (the zero-initialised output layers are perturbed first, since at
+    zero they block the gradient to everything upstream), conditioned and unconditioned."""
+    torch.manual_seed(0)
+    for conditioning in (True, False):
+        net = UNet1d(dict(TINY, conditioning=conditioning))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        net(torch.randn(2, 4, 64), torch.randn(2) if conditioning else None).pow(2).mean().backward()
+        names = [name for name, _ in net.named_parameters()]
+        dead = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert len(names) > 20 and dead == [], dead
+        assert any("embedding" in name for name in names) == conditioning
 
 
 def test_shipped_configs_sizes_and_windows():
