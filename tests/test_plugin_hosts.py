@@ -642,8 +642,21 @@ def test_vst3_state_keeps_the_capture_and_the_stems(vst3, server):
     assert len(captured) > length * 2 * 4  # the capture itself: 1 s of stereo float
 
     second = load_vst3(vst3, server.endpoint)
-    second.raw_state = b"not a Stemweave state at all"  # refused, changes nothing
+    second.play_stem = "drums"
+    garbage = (b"not a Stemweave state at all", captured[: len(captured) // 2], captured[:-1], b"")
+
+    def unchanged(before):  # after each garbage state: the same state and the same parameters as before it
+        parameters = {name: str(value) for name, value in second.parameters.items()}
+        for state in garbage:
+            second.raw_state = state  # refused, changes nothing
+            assert second.raw_state == before
+            assert {name: str(value) for name, value in second.parameters.items()} == parameters
+
+    fresh = second.raw_state
+    assert fresh != captured and len(fresh) < len(captured)  # no capture in it
+    unchanged(fresh)
     second.raw_state = captured
+    unchanged(second.raw_state)  # a damaged state does not replace a good one either
     second.play_stem = "bass"
     second.separate = True  # the restored capture is complete: it is sent at once
     silence = np.zeros((2, length), np.float32)
