@@ -146,12 +146,19 @@ def test_ensemble_takes_each_stem_from_its_chosen_method(model, truth):
 
 @pytest.mark.parametrize("prompts", [("bass", "drums"), ("bass", "drums", "guitar, piano"), ("piano", "guitar", "bass", "drums"),
                                      ("bass", "drums", "guitar", "piano", "drums, piano")])
-def test_any_number_of_stems(model, truth, prompts):
+def test_any_number_of_stems(model, spectra, truth, prompts):
     y = truth[:2].sum(1)
     prior = text_prior(model, prompts)
     k = len(prompts)
     separated = gmsdi.separate(prior, y, SamplerSettings(steps=8, sigma_max=1.0), constrained=0, generator=seeded(9))
     assert separated.shape == (2, k, 512) and torch.allclose(separated.sum(1), y, atol=1e-5)
+    # step for step MSDM's Dirac separator over independent stems with the prompts' spectra (a joined prompt's is
+    # the sum of its stems')
+    prompt_spectra = torch.stack([sum(spectra[STEMS.index(name.strip())] for name in prompt.split(","))
+                                  for prompt in prompts])
+    dirac = separate_dirac(GaussianStemPrior.independent(prompt_spectra, [f"p{i}" for i in range(k)]), y,
+                           SamplerSettings(steps=8, sigma_max=1.0), constrained=0, generator=seeded(9))
+    assert torch.allclose(separated, dirac.to(separated.dtype), atol=1e-5)
     extracted = gmsdi.extract(prior, y, SamplerSettings(steps=8, sigma_max=1.0), stem=k - 1)
     assert torch.allclose(extracted.sum(1), y, atol=1e-5)
     generated = gmsdi.generate(prior, 2, 512, SamplerSettings(steps=8, sigma_max=20.0), gamma_x=math.sqrt(k),
