@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 DEMO_OUT ?= stemweave-demo
 
-.PHONY: install install-test demo test
+.PHONY: install install-test demo test mutation
 
 install:
 	./scripts/install-system-packages
@@ -25,3 +25,10 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m pytest -q
+
+# Mutation testing of the core modules (docs/mutation.md): minutes per module on one core, not part of `make test`.
+# MODULES picks some (e.g. MODULES="sampler steps"); REV="--rev COMMIT" scores an earlier commit for a before/after.
+MODULES ?=
+REV ?=
+mutation:
+	nice -n 10 ./scripts/mutation $(REV) $(MODULES)
