@@ -184,3 +184,52 @@ def test_without_the_whole_accompanist_the_default_is_the_prior_and_asking_for_i
                 client.accompany({"drums": drums}, 4000, params={"method": "accompanist"})
     finally:
         served.stop()
+
+
+def test_client_command_reaches_the_accompanist_with_its_controls_and_writes_the_midi(server, tmp_path):
+    """`stemweave client accompany` sends the direct command's accompanist options (--key, --chords, --style ...)
+    and writes each stem's MIDI beside it; --method prior reaches the model; a bad control is exit 2."""
+    import json
+
+    import soundfile as sf
+
+    from stemweave.cli import main
+
+    drums, kicks = drum_loop(bars=4)
+    sf.write(tmp_path / "drums.wav", drums.T, RATE, subtype="FLOAT")
+    common = ["--server", server.endpoint, "--no-progress", "--bit-depth", "32f", "--timeout", "120"]
+    assert main(["client", "accompany", str(tmp_path / "drums.wav"), "--given", "drums", "--generate", "bass",
+                 "--key", "D minor", "--chords", "Dm Bb", "--style", "rock", "-o", str(tmp_path / "out"), *common]) == 0
+    wavs = sorted((tmp_path / "out").glob("*.wav"))
+    mids = sorted((tmp_path / "out").glob("*.mid"))
+    assert len(wavs) == 1 and "bass" in wavs[0].name and [m.stem for m in mids] == [wavs[0].stem]
+    bass, rate = sf.read(wavs[0], dtype="float32", always_2d=True)
+    assert rate == RATE and bass.shape == drums.T.shape
+    provenance = json.loads(next((tmp_path / "out").glob("*.stemweave.json")).read_text())
+    assert provenance["info"]["method"] == "accompanist" and provenance["info"]["analysis"]["key"] == "D minor"
+    assert provenance["info"]["analysis"]["chords"][:2] == ["Dm", "Bb"] and provenance["midi"]
+    onsets = note_on_seconds(mido.MidiFile(mids[0]))
+    assert onsets and np.mean([min(abs(o - k) for k in kicks) <= 0.05 for o in onsets]) >= 0.6
+
+    small, _ = drum_loop(bars=1, rate=4000, channels=1)
+    sf.write(tmp_path / "small.wav", small.T, 4000, subtype="FLOAT")
+    assert main(["client", "accompany", str(tmp_path / "small.wav"), "--given", "drums", "--generate", "bass",
+                 "--method", "prior", "--steps", "2", "-o", str(tmp_path / "prior"), *common]) == 0
+    provenance = json.loads(next((tmp_path / "prior").glob("*.stemweave.json")).read_text())
+    assert provenance["info"]["model"] == "analytic" and not list((tmp_path / "prior").glob("*.mid"))
+    assert main(["client", "accompany", str(tmp_path / "drums.wav"), "--given", "drums", "--generate", "bass",
+                 "--key", "H dorian", "-o", str(tmp_path / "bad"), *common]) == 2
+
+
+def test_client_generate_loop_bars_is_an_accompanist_loop_with_midi(server, tmp_path):
+    import soundfile as sf
+
+    from stemweave.cli import main
+
+    assert main(["client", "generate", "--loop-bars", "2", "--bpm", "100", "--stems", "bass", "--rate", "22050",
+                 "--channels", "2", "-o", str(tmp_path / "g"), "--server", server.endpoint, "--no-progress",
+                 "--timeout", "120"]) == 0
+    wav = next((tmp_path / "g").glob("*bass*.wav"))
+    audio, rate = sf.read(wav, dtype="float32", always_2d=True)
+    assert rate == 22050 and audio.shape == (2 * round(22050 * 60 * 4 / 100), 2)
+    assert wav.with_suffix(".mid").is_file()

@@ -68,6 +68,41 @@ def _params(args, **region) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def _accompanist_params(args, **region) -> dict:
+    """A request's params by method (issue 21): the accompanist's controls (and its MIDI), or the prior's sampler
+    and window options with method prior, so the server runs what the direct command would."""
+    from stemweave.cli import tasks
+
+    if tasks._method(args) == "prior":
+        return {"method": "prior", **_params(args, **region)}
+    controls = tasks._controls(args)  # the direct command's checks: a user error before any request
+    params = {"method": "accompanist", "midi": True, "style": controls.style, "density": controls.density,
+              "intensity": controls.intensity}
+    for name in ("bpm", "meter", "key", "chords", "programs"):
+        if getattr(controls, name) is not None:
+            params[name] = getattr(controls, name)
+    return {**params, **{k: v for k, v in region.items() if v is not None}}
+
+
+def _write_midi(args, result, paths: dict, inputs) -> dict | None:
+    """Each stem's MIDI beside its audio (an accompanist result's "midi" frame); None when the result has none."""
+    import io
+
+    import mido
+
+    from stemweave.cli import tasks
+
+    data = (result.files or {}).get("midi")
+    if not data:
+        return None
+    midi = mido.MidiFile(file=io.BytesIO(data))
+    midi_paths = {s: path.with_suffix(".mid") for s, path in paths.items()}
+    tasks._never_overwrite(inputs, midi_paths.values())
+    for stem, path in midi_paths.items():
+        tasks._write_midi(path, midi, stem)
+    return {s: str(p) for s, p in midi_paths.items()}
+
+
 def _run(args, client, task, audio, rate, **kw) -> tuple[dict, object, float]:
     """Submit, show progress, wait; Ctrl-C cancels the job on the server."""
     from stemweave.bridge.client import ServerError, ServerGone
@@ -146,11 +181,12 @@ def run_accompany(args) -> int:
     given = {s: a for s, (a, _) in zip(given_names, read)}
     with _connect(args) as client:
         stems, result, seconds = _run(args, client, "accompany", None, rate, given=given,
-                                      params=_params(args, stems=generate,
-                                                     regenerate=None if regenerate is None else list(regenerate)))
+                                      params=_accompanist_params(args, stems=generate, regenerate=None if regenerate
+                                                                 is None else list(regenerate)))
     paths = tasks.accompany_paths(args.inputs[0], given_names[0], list(stems), args.out, args.format)
     tasks._never_overwrite(args.inputs, paths.values())
-    _finish(args, "accompany", args.inputs[0].stem, stems, result, seconds, paths, rate, read[0][0].shape, args.inputs, given=given_names)
+    midi = _write_midi(args, result, paths, args.inputs)
+    _finish(args, "accompany", args.inputs[0].stem, stems, result, seconds, paths, rate, read[0][0].shape, args.inputs, given=given_names, midi=midi)
     return 0
 
 
@@ -161,20 +197,24 @@ def run_generate(args) -> int:
     if (args.loop_bars is None) != (args.bpm is None):
         raise UserError("a loop needs both --loop-bars N and --bpm T")
     rate, channels = tasks.output_format(args)
-    if args.loop_bars is not None and args.preset is None:
+    accompanist = tasks._method(args) == "accompanist"
+    if args.loop_bars is not None and args.preset is None and not accompanist:
         args.preset = tasks.LOOP_PRESET  # as the direct command (a server takes it for a generated loop)
     tasks._prepare_out(args.out, [])
     with _connect(args) as client:
         region = {"stems": tasks._names(args.stems, "--stems"), "channels": channels}
-        if args.loop_bars is not None:
+        if args.loop_bars is not None and accompanist:
+            region["bars"] = args.loop_bars  # at --bpm, seamless at the wrap
+        elif args.loop_bars is not None:
             region["loop_frames"] = int(round(args.loop_bars * tasks.BEATS_PER_BAR * 60.0 / args.bpm * rate))
         else:
             region["seconds"] = 10.0 if args.seconds is None else args.seconds
-        stems, result, seconds = _run(args, client, "generate", None, rate, params=_params(args, **region))
+        stems, result, seconds = _run(args, client, "generate", None, rate, params=_accompanist_params(args, **region))
     base = args.name or ("loop" if args.loop_bars else "generated")
     paths = {s: args.out / f"{base}_{s}.{args.format}" for s in stems}
+    midi = _write_midi(args, result, paths, [])
     _finish(args, "generate", base, stems, result, seconds, paths, rate, next(iter(stems.values())).shape, [],
-            loop_bars=args.loop_bars, bpm=args.bpm)
+            loop_bars=args.loop_bars, bpm=args.bpm, midi=midi)
     return 0
 
 
