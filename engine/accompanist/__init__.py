@@ -3,7 +3,7 @@ through the soundfont synth and hands over their MIDI. A method behind the accom
 beside the diffusion priors (docs/accompanist.md)."""
 
 from stemweave.engine.accompanist.analysis import Analysis, Controls, analyse
-from stemweave.engine.accompanist.core import Accompaniment, accompany, generate_loop, loop_frames
+from stemweave.engine.accompanist.core import Accompaniment, accompany, generate_loop, generate_seconds, loop_frames
 from stemweave.engine.accompanist.writer import STYLES
 
-__all__ = ["Accompaniment", "Analysis", "Controls", "STYLES", "accompany", "analyse", "generate_loop", "loop_frames"]
+__all__ = ["Accompaniment", "Analysis", "Controls", "STYLES", "accompany", "analyse", "generate_loop", "generate_seconds", "loop_frames"]

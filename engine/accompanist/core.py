@@ -94,11 +94,25 @@ def generate_loop(bars: int, rate: int, channels: int, stems: Sequence[str], con
     """A loop of exactly bars * meter * 60 / bpm seconds (rounded to frames) that repeats without a click: every
     part is rendered LOOP_TAIL_SECONDS past the end and the tail is folded back onto the start, so the loop played
     over and over sounds like the pattern played on (releases of the last bar ring into the first)."""
+    if not isinstance(bars, int) or not 1 <= bars <= 64:
+        raise ValueError(f"bars must be 1 to 64, got {bars!r}")
+    return _generate(bars, rate, channels, stems, controls, given, seconds=None)
+
+
+def generate_seconds(seconds: float, rate: int, channels: int, stems: Sequence[str],
+                     controls: Controls | None = None) -> Accompaniment:
+    """`seconds` of parts from the controls alone (not a loop: the end rings out, nothing is folded)."""
+    controls = controls or Controls()
+    if not 0 < seconds <= 3600:
+        raise ValueError(f"seconds must be in (0, 3600], got {seconds}")
+    bar = (controls.meter or 4) * 60.0 / (controls.bpm or 120.0)
+    return _generate(max(1, int(np.ceil(seconds / bar - 1e-9))), rate, channels, stems, controls, None, seconds)
+
+
+def _generate(bars, rate, channels, stems, controls, given, seconds: float | None) -> Accompaniment:
     controls = controls or Controls()
     check_controls(controls)
     check_style(controls.style)
-    if not isinstance(bars, int) or not 1 <= bars <= 64:
-        raise ValueError(f"bars must be 1 to 64, got {bars!r}")
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels!r}")
     stems = _check_generate(stems, given)
@@ -108,20 +122,21 @@ def generate_loop(bars: int, rate: int, channels: int, stems: Sequence[str], con
         heard = analyse(given, rate, controls)
         analysis = Analysis(controls.bpm or heard.bpm, controls.meter or heard.meter, heard.beats, heard.downbeats,
                             heard.key, heard.chords, heard.kick_onsets, heard.snare_onsets, heard.onsets, heard.sources)
-    frames = loop_frames(bars, rate, analysis.bpm, analysis.meter)
+    loop = seconds is None
+    frames = loop_frames(bars, rate, analysis.bpm, analysis.meter) if loop else int(round(seconds * rate))
     seconds = frames / rate
     notes = write_parts(analysis, seconds, stems, controls, has_drums=bool(given) and "drums" in given)
     notes = {s: [n for n in clip_to_region(ns, seconds)] for s, ns in notes.items()}
     programs = _programs(controls, stems)
-    tail = int(LOOP_TAIL_SECONDS * rate)
+    tail = int(LOOP_TAIL_SECONDS * rate) if loop else 0
     out = {}
     for stem in stems:
         long = render_notes(notes[stem], programs[stem], stem == "drums", rate, frames + tail)
-        loop = long[:frames].copy()
+        audio = long[:frames].copy()
         for start in range(frames, frames + tail, frames):  # fold the tail (several times for very short loops)
             piece = long[start:start + frames]
-            loop[:piece.size] += piece
+            audio[:piece.size] += piece
         target = target_loudness(stem, dict(given or {}), rate)
-        out[stem] = to_channels(level_match(loop, rate, target), channels)
+        out[stem] = to_channels(level_match(audio, rate, target), channels)
     midi = parts_midi(notes, programs, analysis.bpm, analysis.meter, analysis.key, seconds)
     return Accompaniment(out, midi, analysis, notes)

@@ -650,13 +650,8 @@ def run_accompanist(args, task: str) -> int:
             result = accompanist.accompany(given, rate, wanted, controls)
         elif args.loop_bars is not None:
             result = accompanist.generate_loop(args.loop_bars, rate, channels, wanted, controls)
-        else:  # a stretch of bars covering --seconds, cut to length (not a loop)
-            bars_needed = int(np.ceil(seconds * (controls.bpm or 120.0) / 60.0 / (controls.meter or 4)))
-            loop = accompanist.generate_loop(max(1, bars_needed), rate, channels, wanted, controls)
-            frames = int(round(seconds * rate))
-            result = accompanist.Accompaniment(
-                {s: np.pad(a, ((0, 0), (0, max(0, frames - a.shape[1]))))[:, :frames] for s, a in loop.stems.items()},
-                loop.midi, loop.analysis, loop.notes)
+        else:  # --seconds of parts, not a loop
+            result = accompanist.generate_seconds(seconds, rate, channels, wanted, controls)
     except ValueError as error:
         raise UserError(str(error)) from None
     elapsed = time.monotonic() - started
