@@ -17,7 +17,7 @@ import numpy as np
 from scipy.signal import find_peaks, stft
 
 from stemweave.engine.data.theory import (
-    CHORD_INTERVALS, NOTE_NAMES, Chord, diatonic_chord, key_name, scale_pitch_classes,
+    Chord, diatonic_chord, key_name,
 )
 
 DEFAULT_BPM = 120.0  # when nothing rhythmic is given and no --bpm
@@ -57,7 +57,7 @@ class Analysis:
     beats: np.ndarray  # seconds from the region start
     downbeats: np.ndarray  # seconds
     key: str
-    chords: list[str]  # one per bar, bar k starting at the k-th downbeat (a bar before the first one is bar -1)
+    chords: list[str]  # one per bar; bar 0 holds the region's start and may begin before it (writer.grid_of)
     kick_onsets: np.ndarray = field(default_factory=lambda: np.zeros(0))
     snare_onsets: np.ndarray = field(default_factory=lambda: np.zeros(0))
     onsets: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every drum onset, seconds
@@ -99,10 +99,6 @@ def parse_key(text: str) -> tuple[int, str]:
         raise ValueError(f"unknown key {text!r}: write a tonic and a mode, e.g. 'A minor', 'C major', 'F#m'")
     mode = "minor" if match.group(2) in ("minor", "min", "m") else "major"
     return _pitch_class(match.group(1)), mode
-
-
-def chord_symbol(chord: Chord) -> str:
-    return chord.symbol
 
 
 def triad_class(chord: Chord) -> tuple[int, str]:
@@ -455,5 +451,4 @@ def check_controls(controls: Controls) -> None:
             raise ValueError(f"--program {stem}={program}: a General MIDI program is 0-127")
 
 
-__all__ = ["Analysis", "Controls", "analyse", "parse_chord", "parse_key", "scale_pitch_classes", "NOTE_NAMES",
-           "CHORD_INTERVALS"]
+__all__ = ["Analysis", "Controls", "analyse", "parse_chord", "parse_key"]

@@ -14,7 +14,7 @@ import numpy as np
 from stemweave.engine.accompanist.analysis import Analysis, Controls, parse_chord, parse_key
 from stemweave.engine.data import parts
 from stemweave.engine.data.songs import Note, Section, SongPlan
-from stemweave.engine.data.theory import Chord, nearest_pitch, scale_pitch_classes
+from stemweave.engine.data.theory import nearest_pitch, scale_pitch_classes
 
 BASS_RANGE = (28, 55)  # E1-G3
 ROOT_RANGE = (28, 47)  # roots sit in the lower part so fifths and octaves stay in range
@@ -207,6 +207,3 @@ def loop_analysis(bars: int, controls: Controls) -> Analysis:
                              "default", "key": "given" if controls.key else "default",
                              "chords": "given" if controls.chords else "default"})
 
-
-def chord_of(symbol: str) -> Chord:
-    return parse_chord(symbol)
