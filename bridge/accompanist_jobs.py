@@ -284,9 +284,12 @@ def run(spec: dict, given: Mapping[str, np.ndarray] | None, rate: int,
             made = module.generate_loop(job["bars"], rate, job["channels"], job["stems"], controls, given=given)
         elif job["task"] == "accompany":
             made = module.accompany(given, rate, job["stems"], controls)
+        elif job["bars"]:
+            made = module.generate_loop(job["bars"], rate, job["channels"], job["stems"], controls)
+        elif callable(getattr(module, "generate_seconds", None)):  # not a loop: the end rings out
+            made = module.generate_seconds(job["frames"] / rate, rate, job["channels"], job["stems"], controls)
         else:
-            bar = bar_frames(controls.bpm, rate, job["meter"])
-            bars = job["bars"] or max(1, math.ceil(job["frames"] / bar))
+            bars = max(1, math.ceil(job["frames"] / bar_frames(controls.bpm, rate, job["meter"])))
             made = module.generate_loop(bars, rate, job["channels"], job["stems"], controls)
     if job["method"] == "refine":
         progress({"stage": "refine", "fraction": 0.6})

@@ -233,3 +233,12 @@ def test_client_generate_loop_bars_is_an_accompanist_loop_with_midi(server, tmp_
     audio, rate = sf.read(wav, dtype="float32", always_2d=True)
     assert rate == 22050 and audio.shape == (2 * round(22050 * 60 * 4 / 100), 2)
     assert wav.with_suffix(".mid").is_file()
+
+
+def test_generate_seconds_is_that_many_frames_with_its_midi(server):
+    with Client(server.endpoint, timeout=120) as client:
+        stems = client.generate(RATE, seconds=3.3, params={"stems": ["bass", "drums"], "midi": True, "bpm": 90.0})
+        result = client.last_result
+    assert {k: v.shape for k, v in stems.items()} == {"bass": (1, round(3.3 * RATE)), "drums": (1, round(3.3 * RATE))}
+    assert all(np.abs(v).max() > 0.01 for v in stems.values())
+    assert result.info["method"] == "accompanist" and len(mido.MidiFile(file=io.BytesIO(result.files["midi"])).tracks) >= 2
