@@ -13,15 +13,20 @@ mixture model, loaded by engine/gmsdi/train.load_gmsdi).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from stemweave.engine.checkpoints import ModelFile, load_model, read_card, save_model
 from stemweave.engine.denoiser import EDMDenoiser
+from stemweave.engine.latent.prior import LatentPrior
+from stemweave.engine.latent.vae import SourceVAE
 from stemweave.engine.priors import IndependentPrior, JointPrior
+from stemweave.engine.unet import UNet1d
 
 MODEL_DIR = Path(__file__).resolve().parent / "models"
 # The shipped defaults (README, "Shipped models"): separation's first answer, and the prior for the rest.
@@ -159,8 +164,6 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu"):
     """An msdm model as a `JointPrior`, an isdm model as an `IndependentPrior`, an msldm model as a `LatentPrior`
     (with its SourceVAE; generate and accompany only); the card is at `.card`."""
     if model_kind(name_or_path) == "msldm":
-        from stemweave.engine.latent.train import load_msldm
-
         return load_msldm(resolve_model(name_or_path), device=device)
     model = load_model_file(name_or_path, device)
     if model.kind == "msdm":
@@ -182,6 +185,42 @@ def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu")
     if model.kind != "regression":
         raise ValueError(f"{model.card['name']} is a {model.kind} prior, not a regression separator; load it with load_prior")
     return RegressionSeparator(model.net, model.stems, model.card).to(device).eval()
+
+
+def _read_latent_file(name_or_path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    card_path = resolve_model(name_or_path)
+    card = json.loads(card_path.read_text())
+    if card.get("kind") != kind:
+        raise ValueError(f"{card_path} is a {card.get('kind')!r} model file, not {kind!r}")
+    weights = card_path.with_suffix(".safetensors")
+    if not weights.exists():
+        raise FileNotFoundError(f"a model file needs both {card_path.name} and {weights.name}")
+    return card, {k: v.float() for k, v in load_file(str(weights)).items()}
+
+
+def load_vae(name_or_path: str | Path, device: str | torch.device = "cpu") -> SourceVAE:
+    """A "vae" model file (or the VAE inside an "msldm" one) as a SourceVAE in eval mode; its card at `.card`."""
+    card_path = resolve_model(name_or_path)
+    kind = json.loads(card_path.read_text()).get("kind")
+    card, tensors = _read_latent_file(card_path, "msldm" if kind == "msldm" else "vae")
+    if kind == "msldm":
+        tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("vae.")}
+    vae = SourceVAE(card["config"]["vae"])
+    vae.load_state_dict(tensors, strict=True)
+    vae.card = card
+    return vae.to(device).eval()
+
+
+def load_msldm(name_or_path: str | Path, device: str | torch.device = "cpu") -> LatentPrior:
+    """An "msldm" model file as a LatentPrior with its SourceVAE (generate / accompany on audio)."""
+    card, tensors = _read_latent_file(name_or_path, "msldm")
+    vae = SourceVAE(card["config"]["vae"])
+    vae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("vae.")}, strict=True)
+    net = UNet1d(card["config"]["unet"])
+    net.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")}, strict=True)
+    denoiser = EDMDenoiser(net, sigma_data=card["sigma_data"], clamp=card.get("clamp", False)).to(device).eval()
+    return LatentPrior(denoiser, card["stems"], card["latent_dim"], vae=vae.to(device).eval(), stride=net.stride,
+                       latent_scale=card.get("latent_scale", 1.0), card=card)
 
 
 def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: bool = False) -> tuple[Path, Path]:
@@ -215,7 +254,9 @@ __all__ = [
     "combine_isdm",
     "list_models",
     "load_model_file",
+    "load_msldm",
     "load_prior",
+    "load_vae",
     "load_separator",
     "model_kind",
     "project_to_mixture",

@@ -58,3 +58,14 @@ def test_legacy_files_load_only_when_flagged():
     with pytest.raises(ValueError):
         UNetConfig(**legacy).validate()
     UNetConfig(**legacy, legacy_narrow_patch=True).validate()
+
+
+def test_the_model_registry_imports_no_trainer():
+    """Loading models must not pull in training code (issue 19 item 7: models -> latent.train -> train -> models)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stemweave.engine.models as m; m.load_prior; "
+            "print(sorted(k for k in sys.modules if k.startswith('stemweave.engine') and k.endswith('train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

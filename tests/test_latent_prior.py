@@ -142,8 +142,9 @@ def _write_tracks(root, tracks=2, seconds=0.5, rate=22050):
 def test_encode_train_export_load_generate_from_the_cli(tmp_path):
     from stemweave.cli import main
     from stemweave.engine.latent.train import (
-        LatentChunks, PriorTrainSettings, encode_dataset, encode_long, export_msldm, load_msldm, save_vae, train_prior,
+        LatentChunks, PriorTrainSettings, encode_dataset, encode_long, export_msldm, save_vae, train_prior,
     )
+    from stemweave.engine.models import load_msldm
 
     torch.manual_seed(0)
     vae = SourceVAE(TINY_VAE).eval()

@@ -12,7 +12,8 @@ def test_shipped_presets_hold_the_papers_settings():
     assert dirac.options == {"likelihood": "dirac", "constrained": "bass"} and dirac.sampler.evaluations == 450
     gaussian = load_preset("separate-gaussian")
     assert gaussian.sampler.s_churn == 40.0 and gaussian.options["gamma"] == pytest.approx(0.75 * 2**0.5, abs=0.01)
-    assert load_preset("generate").sampler.sigma_max == 20.0
+    # generation starts at sigma 1 = 20 sigma_data, where the CPU priors are trained (the reference: 20; docs/priors.md)
+    assert load_preset("generate").sampler.sigma_max == 1.0
     assert load_preset("accompany").sampler.steps == 256
 
 

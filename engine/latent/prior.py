@@ -91,7 +91,7 @@ class LatentPrior:
 
     def _need_vae(self) -> nn.Module:
         if self.vae is None:
-            raise ValueError("this LatentPrior has no SourceVAE: load an msldm model file (latent.train.load_msldm)")
+            raise ValueError("this LatentPrior has no SourceVAE: load an msldm model file (models.load_msldm)")
         return self.vae
 
     def frames_for(self, samples: int) -> int:

@@ -42,7 +42,7 @@ from stemweave.engine.latent.vae import (
     multiresolution_stft_loss, multiscale_mel_loss,
 )
 from stemweave.engine.metrics import SILENCE_THRESHOLD, si_sdr
-from stemweave.engine.models import MODEL_DIR, resolve_model
+from stemweave.engine.models import MODEL_DIR, load_vae, resolve_model
 from stemweave.engine.steps import RunState, Schedule, descend, run_steps
 from stemweave.engine.train import EMA, CHECKPOINT, _infinite, pick_device
 from stemweave.engine.unet import UNet1d, count_parameters
@@ -72,48 +72,12 @@ def _write_model_file(out_dir: str | Path, name: str, tensors: dict[str, torch.T
     return weights_path, card_path
 
 
-def _read_model_file(name_or_path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    card_path = resolve_model(name_or_path)
-    card = json.loads(card_path.read_text())
-    if card.get("kind") != kind:
-        raise ValueError(f"{card_path} is a {card.get('kind')!r} model file, not {kind!r}")
-    weights = card_path.with_suffix(".safetensors")
-    if not weights.exists():
-        raise FileNotFoundError(f"a model file needs both {card_path.name} and {weights.name}")
-    return card, {k: v.float() for k, v in load_file(str(weights)).items()}
-
-
 def save_vae(vae: SourceVAE, out_dir: str | Path, name: str, training: dict | None = None,
              metrics: dict | None = None, fp16: bool = False) -> tuple[Path, Path]:
     card = {"kind": "vae", "rate": vae.rate, "hop": vae.hop, "latent_dim": vae.latent_dim,
             "config": {"vae": vae.config.to_dict()}, "parameters": count_parameters(vae),
             "training": dict(training or {}), "metrics": dict(metrics or {})}
     return _write_model_file(out_dir, name, vae.state_dict(), card, fp16)
-
-
-def load_vae(name_or_path: str | Path, device: str | torch.device = "cpu") -> SourceVAE:
-    """A "vae" model file (or the VAE inside an "msldm" one) as a SourceVAE in eval mode; its card at `.card`."""
-    card_path = resolve_model(name_or_path)
-    kind = json.loads(card_path.read_text()).get("kind")
-    card, tensors = _read_model_file(card_path, "msldm" if kind == "msldm" else "vae")
-    if kind == "msldm":
-        tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("vae.")}
-    vae = SourceVAE(card["config"]["vae"])
-    vae.load_state_dict(tensors, strict=True)
-    vae.card = card
-    return vae.to(device).eval()
-
-
-def load_msldm(name_or_path: str | Path, device: str | torch.device = "cpu") -> LatentPrior:
-    """An "msldm" model file as a LatentPrior with its SourceVAE (generate / accompany on audio)."""
-    card, tensors = _read_model_file(name_or_path, "msldm")
-    vae = SourceVAE(card["config"]["vae"])
-    vae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("vae.")}, strict=True)
-    net = UNet1d(card["config"]["unet"])
-    net.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")}, strict=True)
-    denoiser = EDMDenoiser(net, sigma_data=card["sigma_data"], clamp=card.get("clamp", False)).to(device).eval()
-    return LatentPrior(denoiser, card["stems"], card["latent_dim"], vae=vae.to(device).eval(), stride=net.stride,
-                       latent_scale=card.get("latent_scale", 1.0), card=card)
 
 
 # --------------------------------------------------------------------------- SourceVAE training
@@ -579,5 +543,5 @@ def save_msldm(vae: SourceVAE, net: UNet1d, stems: Sequence[str], out_dir: str |
 
 __all__ = [
     "LatentChunks", "PriorTrainSettings", "VAETrainSettings", "encode_dataset", "encode_long", "export_msldm",
-    "export_vae", "load_msldm", "load_vae", "save_msldm", "save_vae", "train_prior", "train_vae", "validate_vae",
+    "export_vae", "save_msldm", "save_vae", "train_prior", "train_vae", "validate_vae",
 ]

@@ -173,7 +173,7 @@ def run_vae_evaluate(args) -> int:
     import torch
 
     from stemweave.engine.latent.evaluate import evaluate_reconstruction, format_table
-    from stemweave.engine.latent.train import load_vae
+    from stemweave.engine.models import load_vae
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -240,7 +240,7 @@ def run_latent_task(args) -> int:
 
     from stemweave.engine.audio_io import AudioError, check_output_dir, read_audio, write_audio, write_json
     from stemweave.engine.latent.prior import GENERATE_SETTINGS, accompany_audio, generate_audio
-    from stemweave.engine.latent.train import load_msldm
+    from stemweave.engine.models import load_msldm
     from stemweave.engine.resample import resample
 
     if args.threads:
