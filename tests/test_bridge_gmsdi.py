@@ -114,5 +114,6 @@ def test_cancel_stops_a_gmsdi_job(server):
         client.cancel(job)
         with pytest.raises(JobCancelled):
             client.wait(job, timeout=10)
-        assert time.monotonic() - t0 < 5.0  # 20,000 steps would take minutes
+        # generous: 20,000 steps take many minutes even here, so a loaded machine cannot pass for a cancel that failed
+        assert time.monotonic() - t0 < 30.0
         assert client.status(job)["state"] == "cancelled"

@@ -112,14 +112,12 @@ def test_cancel_stops_a_long_job_within_one_sampler_step(served, client):
     while not started.is_set():
         client.poll(0.05)
     calls = served.loaded["slow"].calls
-    t0 = time.monotonic()
     assert client.cancel(job)["job"] == job
     with pytest.raises(JobCancelled) as caught:
         client.wait(job, timeout=10)
     assert caught.value.code == "cancelled"
-    stopped_after = time.monotonic() - t0
-    assert served.loaded["slow"].calls - calls <= 2  # the step under way, at most
-    assert stopped_after < 1.0, stopped_after  # one step is 20 ms; allow for a loaded machine
+    # within one sampler step, counted in denoiser calls rather than seconds: the step under way, at most
+    assert served.loaded["slow"].calls - calls <= 2
     assert client.status(job)["state"] == "cancelled"
     assert client.status()["running"] == []
     assert client.separate(audio, RATE, model="toy", preset="separate-fast", **FAST)  # the worker is free again
@@ -141,13 +139,12 @@ def test_two_clients_at_once_and_a_disconnect_stalls_nothing(served):
             errors.append(error)
 
     threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("b", 1), ("c", 2))]
-    t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(120)  # generous: a stalled server never answers, so a loaded machine cannot be mistaken for one
+    assert not any(t.is_alive() for t in threads), "B or C got no result: the vanished client stalled the server"
     assert not errors and set(results) == {"b", "c"}
-    assert time.monotonic() - t0 < 15
     direct = run_region("separate", analytic_model(rate=4000, window=256), region(0.25, 2, 2), RATE,
                         load_preset("separate-fast").with_overrides(**FAST), seed=2)
     np.testing.assert_array_equal(results["c"]["bass"], direct["bass"])
@@ -175,14 +172,15 @@ def test_heartbeats_reach_a_client_with_a_running_job(served):
         raw.close()
 
 
-def test_identical_request_returns_the_cached_result_at_once(client):
+def test_identical_request_returns_the_cached_result_at_once(served, client):
     audio = region(0.1, 1)
     kw = dict(model="slow", preset="separate-fast", seed=3, steps=15, resamples=0)
     first = client.separate(audio, RATE, **kw)
     assert not client.last_result.cached
-    t0 = time.monotonic()
+    calls = served.loaded["slow"].calls
+    assert calls >= 15  # the first request ran the sampler
     again = client.separate(audio.copy(), RATE, **kw)
-    assert time.monotonic() - t0 < 0.2
+    assert served.loaded["slow"].calls == calls  # at once: not one denoiser call (no wall-clock bound)
     assert client.last_result.cached
     for name in first:
         np.testing.assert_array_equal(first[name], again[name])

@@ -48,6 +48,38 @@ def ask(control, address, *args, timeout=1.0):
     return osc.send(address, *args, port=control.address[1], reply_timeout=timeout)
 
 
+def accepted(control, address, *args):
+    """The replies to one message, definitely all of them: the message, then /stemweave/status from the same
+    socket. The surface handles datagrams one at a time, in order (a blocking UDP server), so the status reply
+    marks the end of the message's replies; an accepted message has none (an error reply would come first)."""
+    from pythonosc.osc_message import OscMessage
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    def datagram(path, values):
+        builder = OscMessageBuilder(path)
+        for value in values:
+            builder.add_arg(value)
+        return builder.build().dgram
+
+    replies = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10.0)  # a definite reply is waited for: a missing one fails the test (socket.timeout)
+        sock.sendto(datagram(address, args), ("127.0.0.1", control.address[1]))
+        sock.sendto(datagram("/stemweave/status", []), ("127.0.0.1", control.address[1]))
+        while True:
+            message = OscMessage(sock.recvfrom(65536)[0])
+            if message.address == "/stemweave/status":
+                return replies
+            replies.append((message.address, list(message.params)))
+
+
+def test_the_accepted_helper_sees_an_error_reply(surface):
+    control, _, _ = surface
+    replies = accepted(control, "/stemweave/loop/tempo", "fast")
+    assert [address for address, _ in replies] == ["/stemweave/error"]
+    assert replies[0][1][0] == "/stemweave/loop/tempo"
+
+
 def status(control, *args):
     replies = ask(control, "/stemweave/status", *args)
     assert replies and replies[0][0] == "/stemweave/status", replies
@@ -67,7 +99,7 @@ def test_messages_change_the_loop_state_and_status_replies(surface):
     for message in [("/stemweave/loop/tempo", 100.0), ("/stemweave/loop/bars", 2), ("/stemweave/loop/stems", "bass drums"),
                     ("/stemweave/loop/gain/bass", 0.5), ("/stemweave/preset", "accompany"),
                     ("/stemweave/loop/source", "generate")]:
-        assert ask(control, *message, timeout=0.2) == []  # accepted: no error reply
+        assert accepted(control, *message) == []  # no error reply before the status reply
     state, replies = status(control)
     assert state["tempo"] == 100.0 and state["bars"] == 2 and state["stems"] == "bass,drums"
     assert state["preset"] == "accompany" and state["source"] == "generate" and state["playing"] == 0
@@ -75,7 +107,7 @@ def test_messages_change_the_loop_state_and_status_replies(surface):
     per_key = {address: args for address, args in replies[1:]}
     assert per_key["/stemweave/status/tempo"] == [100.0] and per_key["/stemweave/status/bars"] == [2]
 
-    ask(control, "/stemweave/loop/start", timeout=0.1)
+    assert accepted(control, "/stemweave/loop/start") == []
     assert wait_for(lambda: engine.loops_made == 1 and engine.player.playing)
     state, _ = status(control)
     assert state["playing"] == 1 and state["loop"] == 1 and state["loop_tempo"] == 100.0 and state["loop_bars"] == 2
@@ -168,7 +200,7 @@ def test_serve_hook_makes_loops_through_the_job_queue_at_interactive_priority(tm
         for message in [("/stemweave/loop/method", "prior"), ("/stemweave/preset", "loop-test"),
                         ("/stemweave/loop/tempo", 240.0), ("/stemweave/loop/bars", 1),
                         ("/stemweave/loop/stems", "bass", "piano"), ("/stemweave/loop/start",)]:
-            assert ask(control, *message, timeout=0.2) == []
+            assert accepted(control, *message) == []
         assert wait_for(lambda: engine.loops_made >= 1 and engine.player.current is not None, timeout=120), \
             engine.last_error  # made, and taken by the (virtual) audio stream
         jobs = list(server.jobs.values())
