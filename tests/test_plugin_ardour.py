@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -244,46 +244,45 @@ def ardour_home(tmp_path_factory) -> Path:
     return home
 
 
-def ardour(home: Path, script: str, tmp: Path, endpoint: str, done: str, attempts: int = 5,
-           **settings) -> tuple[str, dict]:
-    """Run a luasession script in ardour7-lua until it reports `done`; returns its output and its "SW ..." reports.
+def ardour(home: Path, script: str, tmp: Path, endpoint: str, done: str, **settings) -> tuple[str, dict]:
+    """Run a luasession script in ardour7-lua once; returns its output and its "SW ..." reports.
 
-    Ardour 7.3 itself now and then crashes in a headless session (a segfault or a heap abort, also with no plugin
-    in it; under valgrind these scripts run with no memory error in the plugin): a run killed by a signal before
-    it reported `done` is run again in a fresh folder, at most `attempts` times, with a warning. Settings ending in
-    `_dir` name folders made fresh for each attempt."""
+    A crash is a counted failure, never re-run: an ardour7-lua killed by a signal (a segfault, a heap abort),
+    before or after it reported `done`, fails the test with the signal and the end of its output, since an
+    intermittent crash in the plugin would look exactly like that (issue 23). Settings ending in `_dir` name
+    folders made fresh under `tmp`."""
     env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"), XDG_CACHE_HOME=str(home / "cache"),
                XDG_DATA_HOME=str(home / "data"), LV2_PATH=str(LV2_DIR), STEMWEAVE_ENDPOINT=endpoint)
     env.pop("JACK_DEFAULT_SERVER", None)
-    for attempt in range(1, attempts + 1):
-        work = tmp / f"attempt-{attempt}"
-        work.mkdir(parents=True)
-        for key, value in settings.items():
-            if key.endswith("_dir"):
-                value = work / value
-                if key != "session_dir":
-                    value.mkdir()
-            env[f"SW_{key.upper()}"] = str(value)
-        path = work / "script.lua"
-        path.write_text(script)
-        try:
-            run = subprocess.run(["ardour7-lua", str(path)], check=False, capture_output=True, text=True, env=env,
-                                 timeout=120)
-            output, status = run.stdout + run.stderr, run.returncode
-        except subprocess.TimeoutExpired as error:
-            output, status = f"ardour7-lua timed out: {error.stdout or ''}{error.stderr or ''}", None
-        output += f"\n(ardour7-lua exit status {status})"
-        if "SW NO-PLUGIN" in output:
-            raise AssertionError(f"Ardour did not find the plugin in {LV2_DIR}:\n{output[-3000:]}")
-        reports: dict[str, list[str]] = {"WORK": [str(work)]}
-        for line in output.splitlines():
-            if line.startswith("SW "):
-                key, *rest = line[3:].split()
-                reports.setdefault(key, []).append(" ".join(rest))
-        if done in reports or status is None or status >= 0 or attempt == attempts:
-            return output, reports
-        warnings.warn(f"ardour7-lua crashed (signal {-status}) before {done}; running it again:\n{output[-1500:]}")
-    raise AssertionError("unreachable")
+    work = tmp / "run"
+    work.mkdir(parents=True)
+    for key, value in settings.items():
+        if key.endswith("_dir"):
+            value = work / value
+            if key != "session_dir":
+                value.mkdir()
+        env[f"SW_{key.upper()}"] = str(value)
+    path = work / "script.lua"
+    path.write_text(script)
+    try:
+        run = subprocess.run(["ardour7-lua", str(path)], check=False, capture_output=True, text=True, env=env,
+                             timeout=120)
+        output, status = run.stdout + run.stderr, run.returncode
+    except subprocess.TimeoutExpired as error:
+        output, status = f"ardour7-lua timed out: {error.stdout or ''}{error.stderr or ''}", None
+    output += f"\n(ardour7-lua exit status {status})"
+    if "SW NO-PLUGIN" in output:
+        raise AssertionError(f"Ardour did not find the plugin in {LV2_DIR}:\n{output[-3000:]}")
+    reports: dict[str, list[str]] = {"WORK": [str(work)]}
+    for line in output.splitlines():
+        if line.startswith("SW "):
+            key, *rest = line[3:].split()
+            reports.setdefault(key, []).append(" ".join(rest))
+    if status is not None and status < 0:
+        stage = "after" if done in reports else "before"
+        pytest.fail(f"ardour7-lua crashed (signal {-status}, {signal.Signals(-status).name}) {stage} it reported "
+                    f"{done}: a counted failure, not re-run (work folder {work}):\n{output[-3000:]}")
+    return output, reports
 
 
 def read_wav(path: Path, output: str) -> np.ndarray:
