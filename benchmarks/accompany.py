@@ -189,6 +189,8 @@ def main(argv=None) -> int:
     p.add_argument("--prior", default="msdm-cpu-small")
     p.add_argument("--preset", default="accompany-fast")
     p.add_argument("--prior-songs", type=int, default=3, help="songs the (slow) prior runs on, per domain; 0: none")
+    p.add_argument("--refine-songs", type=int, default=0,
+                   help="songs the accompanist's render refined by the prior (SDEdit from sigma 0.05) runs on")
     p.add_argument("--kit", default=KIT)
     p.add_argument("--no-librosa", action="store_true")
     p.add_argument("--reuse-analysis", type=Path, default=None, help="take the analysis table from this JSON")
@@ -252,8 +254,8 @@ def main(argv=None) -> int:
     results: dict = {}
     prior_model = None
     for domain in ("rendered", "sampled"):
-        per_method: dict = {"real bass": [], "accompanist": [], "prior": []}
-        mels: dict = {"real bass": [], "accompanist": [], "prior": []}
+        per_method: dict = {"real bass": [], "accompanist": [], "prior": [], "refine": []}
+        mels: dict = {"real bass": [], "accompanist": [], "prior": [], "refine": []}
         playing = [song for song in songs if _sounds(song[2]["bass"][a:b]) and _sounds(song[2]["drums"][a:b])]
         for index, (name, plan, stems, drums) in enumerate(playing[: args.songs]):
             clip, real = drums[domain][a:b], stems["bass"][a:b]
@@ -270,11 +272,22 @@ def main(argv=None) -> int:
             row["seconds_per_12s"] = elapsed * 12.0 / (clip.size / RATE)
             per_method["accompanist"].append(row)
             mels["accompanist"].append(bass)
+            if index < max(args.prior_songs, args.refine_songs) and prior_model is None:
+                from stemweave import api
+
+                prior_model, _ = api.load_task_model(args.prior, "accompany", "cpu")
+            if index < args.refine_songs:
+                from stemweave.engine.accompanist.refine import refine
+
+                started = time.perf_counter()
+                bass = refine(result, {"drums": clip[None]}, RATE, prior_model, seed=index)["bass"][0]
+                row = bass_metrics(bass, clip, key)
+                row["seconds_per_12s"] = (time.perf_counter() - started + elapsed) * 12.0 / (clip.size / RATE)
+                per_method["refine"].append(row)
+                mels["refine"].append(bass)
             if index < args.prior_songs:
                 from stemweave import api
 
-                if prior_model is None:
-                    prior_model, _ = api.load_task_model(args.prior, "accompany", "cpu")
                 started = time.perf_counter()
                 out = api.accompany({"drums": clip[None]}, generate=["bass"], rate=RATE, model=prior_model,
                                     preset=args.preset, seed=index)
@@ -300,7 +313,7 @@ def main(argv=None) -> int:
                 summary["frechet"] = frechet_distance(log_mel_frames(np.stack(mels[method]), RATE), reference)
             results[domain][method] = summary
     report["bass"] = results
-    report["prior"] = {"model": args.prior, "preset": args.preset}
+    report["prior"] = {"model": args.prior, "preset": args.preset, "refine": "sigma 0.05, 12 Euler steps"}
     print_table(report)
     write_json(args.out, report)
     print(f"wrote {args.out}")

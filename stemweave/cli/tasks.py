@@ -181,7 +181,7 @@ def _refine_setup(args, model, device):
 
 
 def run_accompany(args) -> int:
-    if _method(args) == "accompanist":
+    if _method(args) in ("accompanist", "refine"):
         return run_accompanist(args, "accompany")
     from stemweave.engine.audio_io import read_audio
 
@@ -233,7 +233,7 @@ def run_accompany(args) -> int:
 
 
 def run_generate(args) -> int:
-    if _method(args) == "accompanist":
+    if _method(args) in ("accompanist", "refine"):
         return run_accompanist(args, "generate")
     _check_format(args)
     stems = _names(args.stems, "--stems")
@@ -540,10 +540,11 @@ def _accompanist_options(p: argparse.ArgumentParser, bpm: bool) -> None:
     from stemweave.engine.accompanist.writer import STYLES
 
     group = p.add_argument_group("the accompanist (--method accompanist, the default)")
-    group.add_argument("--method", choices=("accompanist", "prior"), default=None,
+    group.add_argument("--method", choices=("accompanist", "prior", "refine"), default=None,
                        help="accompanist (default): parts written on the given stems' beat and harmony, rendered "
                        "with the soundfont synth, plus their MIDI; prior: sample the diffusion prior (--model; "
-                       "the default with --range, which regenerates part of a given stem)")
+                       "the default with --range, which regenerates part of a given stem); refine (accompany): the "
+                       "accompanist's render refined by the prior from sigma 0.05 (SDEdit)")
     if bpm:
         group.add_argument("--bpm", type=float, default=None, help="tempo (default: heard from the given stems)")
     group.add_argument("--meter", type=int, default=None, help="beats per bar (default: heard, else 4)")
@@ -654,13 +655,25 @@ def run_accompanist(args, task: str) -> int:
             result = accompanist.generate_seconds(seconds, rate, channels, wanted, controls)
     except ValueError as error:
         raise UserError(str(error)) from None
+    method = _method(args)
+    if method == "refine":
+        if task != "accompany":
+            raise UserError("--method refine refines an accompaniment: use it with stemweave accompany")
+        from stemweave.engine.accompanist.refine import refine
+
+        prior, prior_name, device, _ = _setup(args, "accompany")
+        try:
+            result.stems = refine(result, given, rate, prior, seed=args.seed)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        method = f"accompanist refined by {prior_name}"
     elapsed = time.monotonic() - started
     _write(args, result.stems, paths, rate)
     for stem, path in midi_paths.items():
         _write_midi(path, result.midi, stem)
     a = result.analysis
     write_json(provenance_path, {
-        "task": task, "method": "accompanist", "inputs": [str(p) for p in inputs], "given": list(given),
+        "task": task, "method": method, "inputs": [str(p) for p in inputs], "given": list(given),
         "outputs": {s: str(p) for s, p in paths.items()}, "midi": {s: str(p) for s, p in midi_paths.items()},
         "analysis": {"bpm": round(a.bpm, 3), "meter": a.meter, "key": a.key, "chords": a.chords,
                      "first_downbeat": None if not a.downbeats.size else round(float(a.downbeats[0]), 4),
