@@ -48,7 +48,7 @@ def test_a_warm_start_preset_needs_a_first_estimate():
 def test_separator_and_prior_must_agree():
     prior, separator = analytic_prior(), FIRSeparator()
     separator.rate = 8000
-    with pytest.raises(ValueError, match="Hz"):
+    with pytest.raises(ValueError, match="the separator runs at 8000 Hz and the prior at 4000 Hz"):
         WarmStart(separator, prior)
     separator.stems = ("a", "b", "c", "d")
     with pytest.raises(ValueError, match="stems"):
