@@ -495,12 +495,15 @@ def test_jalv_real_time_passes_through_when_the_server_stops_mid_job(bundle, tmp
         jack.wait_ports("swplug:in_l", "swplug:out_r")
         assert jalv.status() in (0, 5)  # idle (or not yet connected)
         jack.run(["jack_transport"], input="stop\nlocate 0\n")
-        rec = subprocess.Popen(["jack_rec", "-f", str(tmp_path / "rec.wav"), "-d", str(seconds + 2), "-b", "32",
-                                "swplug:out_l", "swplug:out_r"], env=jack.env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
         play = subprocess.Popen(["sndfile-jackplay", "-w", str(tmp_path / "play.wav")], env=jack.env,
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-        jack.wait_ports("jackplay:out_2", "jackrec:input2")
+        jack.wait_ports("jackplay:out_2")
+        # the plugin's output and its input, recorded in the same JACK cycles: whatever JACK or the players drop
+        # under load is dropped from both alike
+        rec = subprocess.Popen(["jack_rec", "-f", str(tmp_path / "rec.wav"), "-d", str(seconds + 2), "-b", "32",
+                                "swplug:out_l", "swplug:out_r", "jackplay:out_1", "jackplay:out_2"], env=jack.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        jack.wait_ports("jackrec:input4")
         for src, dst in (("jackplay:out_1", "swplug:in_l"), ("jackplay:out_2", "swplug:in_r")):
             assert jack.run(["jack_connect", src, dst]).returncode == 0
         jack.run(["jack_transport"], input="play\n")
@@ -528,26 +531,30 @@ def test_jalv_real_time_passes_through_when_the_server_stops_mid_job(bundle, tmp
         jack.close()
         serve.stop()
     recorded, rec_rate = sf.read(tmp_path / "rec.wav", dtype="float32")
-    assert rec_rate == rate
-    # Nothing but the input ever came out: every recorded frame is a frame of the source (no stem, no gain).
+    assert rec_rate == rate and recorded.shape[1] == 4
+    output, heard_input = recorded[:, :2], recorded[:, 2:]
+    # Nothing but the input ever came out: every output frame is a frame of the source (no stem, no gain).
     # jack_rec writes 32-bit PCM: compare at 24-bit resolution.
-    # (Per channel: an xrun can tear a period between the two ports.)
     for ch in range(2):
         values = np.sort(song[:, ch].astype(np.float64))
-        heard = recorded[:, ch].astype(np.float64)
+        heard = output[:, ch].astype(np.float64)
         at = np.clip(np.searchsorted(values, heard), 1, len(values) - 1)
         nearest = np.minimum(np.abs(values[at] - heard), np.abs(values[at - 1] - heard))
         foreign = np.flatnonzero((heard != 0) & (nearest > 1e-8))  # 32-bit PCM is exact to ~5e-10
         assert not foreign.size, f"channel {ch}: {foreign.size} output samples are not input samples ({foreign[:5]})"
+    # No dropout: the output is the input the plugin was given in the same cycles, frame for frame (after the
+    # plugin's constant latency, if any). This holds whatever the machine's load: a JACK xrun or a player's
+    # underrun (the dummy driver is not real time here) drops or silences frames of the input and the output
+    # alike, so nothing is skipped and no load threshold is needed; a dropout of the plugin's own breaks it.
     xruns = (tmp_path / "jackd.log").read_text().count("XRun")
-    if xruns:  # a loaded machine (the dummy driver is not real-time here): frames were dropped, not altered
-        pytest.skip(f"pass-through verified frame by frame, but JACK reported {xruns} xruns (machine load), so "
-                    "the no-dropout check (one contiguous exact copy of the song) cannot be judged")
-    start = int(np.argmax(np.abs(recorded[:, 0]) > 0))  # the source's first sample is 0: allow for it
-    first = int(np.argmax(np.abs(song[:, 0]) > 0))
-    segment = recorded[start - first: start - first + len(song)]
-    assert len(segment) == len(song), "the recording ended before the song did"
-    np.testing.assert_allclose(segment, song, atol=1e-7)  # no dropout: one contiguous exact copy
+    first_in, first_out = (int(np.argmax(np.abs(x[:, 0]) > 0)) for x in (heard_input, output))
+    assert np.abs(heard_input).max() > 0 and np.abs(output).max() > 0, "nothing was played or nothing came out"
+    latency = first_out - first_in
+    assert 0 <= latency < rate // 10, f"the output starts {latency} frames after the input"
+    n = len(output) - latency
+    mismatch = np.flatnonzero(np.any(output[latency:] != heard_input[:n], axis=1))
+    assert not mismatch.size, (f"{mismatch.size} output frames differ from the input the plugin was given (first at "
+                               f"{mismatch[:5] + latency}; latency {latency}, {xruns} JACK xruns): a dropout")
 
 
 # ---------------------------------------------------------------------------------------------------------------
