@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-TIE = 1.02  # a tie: at most 2 % above the best scalar shrink
+TIE = 1.05  # a tie: at most 5 % above the best scalar shrink (fp16 weights alone cost 2 % at the identity end)
 NEAR_TRIVIAL = 0.95  # the shrink is within 5 % of the zero output or of the identity
 
 

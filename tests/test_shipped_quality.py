@@ -84,7 +84,7 @@ def test_the_shipped_msldm_vae_reconstructs_closer_than_noise(songs):
             if np.sqrt(np.mean(real**2)) < 1e-3:
                 continue  # a silent stem says nothing about reconstruction
             noise = generator.standard_normal(real.shape) * np.sqrt(np.mean(real**2))
-            target = log_mel_frames(real, card["rate"])
-            closer.append(np.abs(log_mel_frames(fake, card["rate"]) - target).mean()
-                          < np.abs(log_mel_frames(noise, card["rate"]) - target).mean())
+            target = log_mel_frames(real[None], card["rate"])
+            closer.append(np.abs(log_mel_frames(fake[None], card["rate"]) - target).mean()
+                          < np.abs(log_mel_frames(noise[None], card["rate"]) - target).mean())
     assert closer and np.mean(closer) >= 0.75, f"reconstruction beat same-level noise on {np.mean(closer):.0%} of stems"
