@@ -204,6 +204,8 @@ def test_command_line_done_when(tmp_path, songs):
     assert bad.returncode == 2 and "unknown chord 'Q'" in bad.stderr and not (tmp_path / "bad").exists()
     bad = _cli("accompany", "drums.wav", "--generate", "bass", "-o", "bad", "--density", "3", cwd=tmp_path)
     assert bad.returncode == 2 and "--density" in bad.stderr and not (tmp_path / "bad").exists()
+    bad = _cli("generate", "--loop-bars", "2", "--method", "refine", "-o", "bad", cwd=tmp_path)
+    assert bad.returncode == 2 and "refine" in bad.stderr and not (tmp_path / "bad").exists()
 
     loop = _cli("generate", "--loop-bars", "2", "--bpm", "100", "--rate", "22050", "--channels", "1", "-o", "loop",
                 cwd=tmp_path)
@@ -212,3 +214,23 @@ def test_command_line_done_when(tmp_path, songs):
         audio, rate = sf.read(tmp_path / "loop" / f"loop_{stem}.wav")
         assert rate == 22_050 and audio.shape == (round(2 * 4 * 0.6 * 22_050),)
         assert (tmp_path / "loop" / f"loop_{stem}.mid").is_file()
+
+
+def test_refine_by_the_shipped_prior_keeps_shape_level_and_given(songs):
+    """SDEdit from a tiny sigma returns (nearly) the render; from the default sigma the prior changes it, at the
+    same loudness and shape, and the given drums are only read."""
+    from stemweave import api
+    from stemweave.engine.accompanist.refine import refine
+    from stemweave.engine.data.loudness import integrated_loudness
+
+    plan, stems = songs[0]
+    drums = stems["drums"][:, : 3 * RATE].copy()
+    result = accompany({"drums": drums}, RATE, ["bass"], Controls(key=plan.key))
+    prior, _ = api.load_task_model("msdm-cpu-small", "accompany", "cpu")
+    gentle = refine(result, {"drums": drums}, RATE, prior, sigma=1e-3, steps=2)["bass"]
+    assert gentle.shape == result.stems["bass"].shape
+    assert np.corrcoef(gentle[0], result.stems["bass"][0])[0, 1] > 0.98
+    refined = refine(result, {"drums": drums}, RATE, prior, steps=3)["bass"]
+    np.testing.assert_array_equal(drums, stems["drums"][:, : 3 * RATE])
+    assert np.abs(refined - result.stems["bass"]).max() > 1e-3
+    assert abs(integrated_loudness(refined[0], RATE) - integrated_loudness(result.stems["bass"][0], RATE)) < 0.5
