@@ -68,8 +68,8 @@ def test_non_finite_samples_are_refused_in_every_audio_frame(kind, value):
             with pytest.raises(P.ProtocolError) as caught:
                 P.decode(with_sample(frames, index, position, value))
             assert caught.value.code == "bad-message" and "NaN or infinite" in caught.value.message
-    # the largest finite float32 is audio like any other
-    P.decode(with_sample(frames, len(frames) - 1, 0, np.finfo(np.float32).max))
+    # a loud finite sample, at the submit peak limit (+80 dBFS), is audio like any other
+    P.decode(with_sample(frames, len(frames) - 1, 0, P.MAX_PEAK))
 
 
 @pytest.mark.parametrize("channels,code", [(1, None), (2, None), (3, "too-large"), (16, "too-large"),
@@ -140,3 +140,11 @@ def test_stem_counts_at_the_limit(kind):
 def test_limits_are_the_documented_ones():
     assert (P.MAX_CHANNELS, P.MAX_STEMS, P.MAX_NAME, P.MIN_RATE, P.MAX_RATE) == (2, 16, 64, 1000, 768000)
     assert P.MAX_HEADER_BYTES == 65536 and P.MAX_CLAIMED_FRAMES == 2**31
+
+
+@pytest.mark.parametrize("kind", ["submit-audio", "submit-given"])
+def test_submitted_samples_beyond_the_peak_limit_are_too_large(kind):
+    frames = audio_messages()[kind].to_frames()
+    with pytest.raises(P.ProtocolError) as caught:
+        P.decode(with_sample(frames, 1, 3, -2 * P.MAX_PEAK))
+    assert caught.value.code == "too-large" and "at most 10000" in caught.value.message
