@@ -25,6 +25,7 @@ from stemweave.engine.models import load_separator
 ARMS = {  # data roots, remix share
     "plain": (["data/train"], 0.0),
     "varied": (["data/train", "data/train-varied"], 0.5),
+    "varied-no-remix": (["data/train", "data/train-varied"], 0.0),
 }
 
 
