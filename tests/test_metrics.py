@@ -87,3 +87,19 @@ def test_protocol_windows_hop_and_tail():
     assert protocol_windows(999, 100) == [slice(s, s + 400) for s in (0, 200, 400)]  # the 399-sample tail is dropped
     assert protocol_windows(399, 100) == []
     assert protocol_windows(700, 100, seconds=3.0, hop_seconds=1.5) == [slice(0, 300), slice(150, 450), slice(300, 600)]
+
+
+def test_si_sdr_eps_terms_by_hand():
+    # a quiet reference (|r|^2 = 4e-10, below eps = 1e-8) estimated exactly: alpha = 1, noise 0,
+    # so SI-SDR = 10 log10((4e-10 + 1e-8) / 1e-8) = 10 log10(1.04)
+    quiet = np.full(4, 1e-5)
+    assert si_sdr(quiet, quiet) == pytest.approx(10 * np.log10(1.04), rel=1e-9)
+
+
+def test_si_sdr_computes_in_float64_whatever_it_is_given():
+    rng = np.random.default_rng(4)
+    reference = rng.standard_normal((3, 1000)).astype(np.float32)
+    estimate = (reference + 0.1 * rng.standard_normal((3, 1000))).astype(np.float32)
+    exact = si_sdr(estimate.astype(np.float64), reference.astype(np.float64))
+    assert np.array_equal(si_sdr(estimate, reference), exact)
+    assert np.array_equal(si_sdr(estimate.astype(np.float64), reference), exact)
