@@ -25,7 +25,7 @@ def test_plan_by_hand():
 
 
 @pytest.mark.parametrize("args,message", [
-    ((0, 256, 0.25), "cannot plan windows over an empty region"),
+    ((0, 256, 0.25), "^cannot plan windows over an empty region$"),
     ((100, 1, 0.25), "a window needs at least 2 samples, got 1"),
     ((100, 256, 1.0), r"overlap is a fraction of the window in \[0, 1\), got 1.0"),
     ((100, 256, -0.1), r"overlap is a fraction of the window in \[0, 1\), got -0.1"),
@@ -86,3 +86,21 @@ def test_crossfade_by_hand():
     # 0.5, 1.5, 2.5, 3.5, so window 0's share is 7/8, 5/8, 3/8, 1/8 there and 1 before it
     np.testing.assert_allclose(crossfade(tri, 0, "triangle"), [1, 1, 1, 1, 7 / 8, 5 / 8, 3 / 8, 1 / 8], rtol=1e-15)
     assert math.isclose(crossfade(tri, 0, "triangle", power=2.0)[4], 3.5**2 / (3.5**2 + 0.5**2), rel_tol=1e-15)
+
+
+def test_hann_is_the_default_shape():
+    plan = WindowPlan(length=20, window=8, overlap=4)
+    assert raw_weight(plan, 1).tolist() == raw_weight(plan, 1, "hann").tolist() != raw_weight(plan, 1, "linear").tolist()
+    assert crossfade(plan, 1).tolist() == crossfade(plan, 1, "hann").tolist()
+
+
+def test_ramps_that_overlap_each_other_multiply():
+    """An overlap beyond half the window: a middle window's rising and falling ramps share samples, where its
+    weight is their product."""
+    plan = WindowPlan(length=30, window=8, overlap=6)  # hop 2
+    ramp = (np.arange(6) + 0.5) / 6
+    expected = np.ones(8)
+    expected[:6] *= ramp
+    expected[2:] *= ramp[::-1]
+    np.testing.assert_allclose(raw_weight(plan, 1, "linear"), expected, rtol=1e-15)
+    assert raw_weight(plan, 1, "linear")[3] == pytest.approx(3.5 / 6 * 4.5 / 6, rel=1e-15)
