@@ -71,6 +71,7 @@ class TrainSettings:
     workers: int = 0
     resume: str = "auto"  # "auto" (last checkpoint if any), "never", or a checkpoint path
     init_from: str | None = None  # a model file (shipped name or path) whose weights and network start a new run
+    remix: float = 0.0  # regression only: this share of windows takes each stem from its own song (the Demucs remix)
     data: tuple[str, ...] = ()
     valid: tuple[str, ...] = ()
     progress: bool = True
@@ -269,6 +270,8 @@ def train(
     """
     if settings.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {settings.objective!r}")
+    if settings.remix and (settings.objective != "regression" or not 0 < settings.remix <= 1):
+        raise ValueError("--remix P (0 < P <= 1) is for --objective regression: a joint prior needs stems that play together")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
@@ -333,7 +336,7 @@ def train(
         from stemweave.engine.data.datasets import StemChunks
 
         dataset = StemChunks(list(settings.data), config["window"], stems=stems, rate=config["rate"],
-                             augment=True, seed=settings.seed + rank)
+                             augment=True, seed=settings.seed + rank, remix=settings.remix)
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(run.step)  # a resumed run gets a new, seeded stream, not a replay of the first windows
     if valid_dataset is None and settings.valid:

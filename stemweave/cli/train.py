@@ -37,6 +37,9 @@ def register(subparsers) -> None:
                    help="start a new run from a model file's weights (a shipped name or a path): its network, rate, "
                         "window and sigma_data replace --config's, whose [train] settings still apply; the exported "
                         "card continues its training ledger (steps, CPU-hours, metrics per version)")
+    p.add_argument("--remix", type=float, default=0.0, metavar="P",
+                   help="regression only: remix this share of training windows, each stem from another song at a random "
+                        "offset (the Demucs recipe; docs/separation.md)")
     p.add_argument("--resume", default="auto", help="auto (default: the run's last checkpoint if any), never, or a path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (leave cores for a DAW)")
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
         valid_every=args.valid_every, valid_windows=args.valid_windows, log_every=args.log_every, seed=args.seed,
         threads=args.threads, device=args.device, workers=args.workers, resume=args.resume,
-        init_from=args.init_from,
+        init_from=args.init_from, remix=args.remix,
         data=tuple(map(str, args.data)), valid=tuple(map(str, args.valid)), progress=not args.no_progress,
     )
     if not export_only:
