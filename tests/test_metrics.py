@@ -103,3 +103,8 @@ def test_si_sdr_computes_in_float64_whatever_it_is_given():
     exact = si_sdr(estimate.astype(np.float64), reference.astype(np.float64))
     assert np.array_equal(si_sdr(estimate, reference), exact)
     assert np.array_equal(si_sdr(estimate.astype(np.float64), reference), exact)
+
+
+def test_silence_is_strictly_below_the_threshold():
+    assert not is_silent(np.array([1.5e-5]))  # ||s||_2 / N = 1.5e-5 exactly: not silent
+    assert is_silent(np.array([1.4999e-5]))
