@@ -542,8 +542,8 @@ def _accompanist_options(p: argparse.ArgumentParser, bpm: bool) -> None:
     group = p.add_argument_group("the accompanist (--method accompanist, the default)")
     group.add_argument("--method", choices=("accompanist", "prior", "refine"), default=None,
                        help="accompanist (default): parts written on the given stems' beat and harmony, rendered "
-                       "with the soundfont synth, plus their MIDI; prior: sample the diffusion prior (--model; "
-                       "the default with --range, which regenerates part of a given stem); refine (accompany): the "
+                       "with the soundfont synth, plus their MIDI; prior: sample the diffusion prior (the default "
+                       "when --model, --preset or --range is given); refine (accompany): the "
                        "accompanist's render refined by the prior from sigma 0.05 (SDEdit)")
     if bpm:
         group.add_argument("--bpm", type=float, default=None, help="tempo (default: heard from the given stems)")
@@ -560,10 +560,12 @@ def _accompanist_options(p: argparse.ArgumentParser, bpm: bool) -> None:
 
 
 def _method(args) -> str:
-    """The accompanist unless --method prior, or a --range (part of a given stem, which only a prior inpaints)."""
+    """The accompanist unless --method says otherwise, or the command names what only a prior uses: a --range
+    (part of a given stem, which only a prior inpaints), a --model or a --preset (as the server decides)."""
     if args.method:
         return args.method
-    return "prior" if getattr(args, "range", None) is not None else "accompanist"
+    names_a_prior = any(getattr(args, name, None) is not None for name in ("range", "model", "preset"))
+    return "prior" if names_a_prior else "accompanist"
 
 
 def _controls(args):
