@@ -37,7 +37,7 @@ from torch import nn
 from stemweave.engine.checkpoints import atomic_torch_save, save_model
 from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_training_sigma
 from stemweave.engine.metrics import si_sdr
-from stemweave.engine.models import MODEL_DIR, RegressionSeparator
+from stemweave.engine.models import MODEL_DIR, RegressionSeparator, load_model_file
 from stemweave.engine.steps import RunState, Schedule, descend, run_steps
 from stemweave.engine.unet import UNet1d, count_parameters, load_config
 
@@ -111,8 +111,6 @@ def start_from_model(settings: TrainSettings, config: dict[str, Any]) -> tuple[d
     The shipped file is the durable checkpoint (a run folder dies with its machine): its architecture,
     rate, window and sigma_data win over the named config, whose [train] section still applies.
     """
-    from stemweave.engine.models import load_model_file
-
     model = load_model_file(settings.init_from)
     if model.kind != settings.kind():
         raise ValueError(f"{settings.init_from} is a {model.kind} model; this run trains {settings.kind()}")
