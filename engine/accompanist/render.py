@@ -9,7 +9,7 @@ import numpy as np
 
 from stemweave.engine.data.loudness import integrated_loudness
 from stemweave.engine.data.render import PEAK_LIMIT, STEM_LOUDNESS, default_soundfont, shared_synth
-from stemweave.engine.data.songs import DRUM_CHANNEL, TICKS_PER_BEAT, Note
+from stemweave.engine.data.songs import DRUM_CHANNEL, TICKS_PER_BEAT, Note, append_events
 from stemweave.engine.resample import resample
 
 SYNTH_RATES = (22_050, 96_000)  # FluidSynth renders directly at rates in this range; others go through 44.1 kHz
@@ -97,12 +97,7 @@ def parts_midi(notes: dict[str, list[Note]], programs: dict[str, int], bpm: floa
             off = max(on + 1, round(end * ticks_per_second))
             events.append((on, 2, mido.Message("note_on", channel=channel, note=n.pitch, velocity=n.velocity)))
             events.append((off, 1, mido.Message("note_off", channel=channel, note=n.pitch, velocity=0)))
-        events.sort(key=lambda e: (e[0], e[1]))
-        now = 0
-        for tick, _, message in events:
-            track.append(message.copy(time=tick - now))
-            now = tick
-        track.append(mido.MetaMessage("end_of_track", time=0))
+        append_events(track, events)
         midi.tracks.append(track)
     return midi
 

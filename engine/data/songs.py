@@ -200,13 +200,19 @@ def part_track(song: Song, stem: str) -> mido.MidiTrack:
         off = max(on + 1, round((note.start + note.length) * TICKS_PER_BEAT))
         events.append((on, 2, mido.Message("note_on", channel=channel, note=note.pitch, velocity=note.velocity)))
         events.append((off, 1, mido.Message("note_off", channel=channel, note=note.pitch, velocity=0)))
+    append_events(track, events)
+    return track
+
+
+def append_events(track, events: list) -> None:
+    """(tick, order, message) events in time order onto a MIDI track as delta times, then its end (note-offs,
+    order 1, before note-ons, order 2, at the same tick, so a repeated note is not cut)."""
     events.sort(key=lambda e: (e[0], e[1]))
     now = 0
     for tick, _, message in events:
         track.append(message.copy(time=tick - now))
         now = tick
     track.append(mido.MetaMessage("end_of_track", time=0))
-    return track
 
 
 def conductor_track(plan: SongPlan) -> mido.MidiTrack:
