@@ -353,6 +353,7 @@ static void take_result(SwLink* link, const SwReply* reply, zmq_msg_t* parts, in
             return;
         }
     }
+    if (reply->warning[0]) fprintf(stderr, "stemweave: %s\n", reply->warning); /* the card's quality warning */
     SwStems* stems = calloc(1, sizeof *stems);
     float* data = malloc((size_t)n_parts * per_stem * sizeof(float));
     if (!stems || !data) {

@@ -304,5 +304,15 @@ int sw_reply_parse(const char* json, size_t len, SwReply* r)
     if (!get_int(json, len, "beats_per_bar", &x) && x >= 1 && x <= 64) r->beats_per_bar = (int)x;
     if (!get_int(json, len, "bar_frames", &x) && x >= 1) r->bar_frames = x;
     if (get_bool(json, len, "audio", &r->audio)) r->audio = 0;
+    const char *info, *list;
+    size_t info_len, list_len;
+    if (!sw_json_find(json, len, "info", &info, &info_len) &&
+        !sw_json_find(info, info_len, "warnings", &list, &list_len) && list_len > 2 && list[0] == '[') {
+        Scan s = {list + 1, list + list_len};
+        skip_ws(&s);
+        const char* first = s.p;
+        if (!skip_string(&s) && decode_string(first, (size_t)(s.p - first), r->warning, sizeof r->warning))
+            r->warning[0] = '\0';
+    }
     return 0;
 }

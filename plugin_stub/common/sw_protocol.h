@@ -69,6 +69,7 @@ typedef struct {
     int beats_per_bar;
     int64_t bar_frames;
     int audio;          /* the mix follows */
+    char warning[SW_MAX_MESSAGE + 1]; /* result: the first of info.warnings (a model below the quality bar) */
 } SwReply;
 
 /* Headers a client sends; each writes a NUL-terminated JSON object into out and returns its length, or -1 when

@@ -224,6 +224,15 @@ static void test_loop_protocol(void)
     CHECK(sw_reply_parse(none, strlen(none), &r) == 0 && r.serial == 0 && r.audio == 0);
     const char* odd = "{\"v\":1,\"type\":\"loop\",\"serial\":-4,\"bars\":0,\"tempo\":-1,\"audio\":1}";
     CHECK(sw_reply_parse(odd, strlen(odd), &r) == 0 && r.serial == -1 && r.bars == 0 && r.tempo == 0.0 && r.audio == 0);
+    CHECK(r.warning[0] == '\0');
+
+    /* a result's quality warning (the model's card says it measured below the bar): the first of info.warnings */
+    const char* warned = "{\"v\":1,\"type\":\"result\",\"req\":5,\"stems\":[\"bass\"],\"info\":{\"method\":\"prior\","
+                         "\"warnings\":[\"msdm-cpu-small measures below the \\\"bar\\\"\",\"second\"]},\"frames\":4}";
+    CHECK(sw_reply_parse(warned, strlen(warned), &r) == 0 && r.type == SW_MSG_RESULT && r.frames == 4);
+    CHECK(!strcmp(r.warning, "msdm-cpu-small measures below the \"bar\""));
+    const char* quiet = "{\"v\":1,\"type\":\"result\",\"info\":{\"warnings\":[]},\"frames\":4}";
+    CHECK(sw_reply_parse(quiet, strlen(quiet), &r) == 0 && r.warning[0] == '\0');
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
