@@ -77,9 +77,22 @@ def test_unchanged_tasks_run_on_latents(prior):
     torch.testing.assert_close(y[:, [0, 2]], known[:, [0, 2]])
 
 
-def test_generate_audio_shapes(prior):
-    audio = generate_audio(prior, 2, 5000, FAST, generator=torch.Generator().manual_seed(1))
-    assert audio.shape == (2, 4, 5000) and torch.isfinite(audio).all()
+def test_generate_audio_decodes_each_stem_of_the_sampled_latents(prior):
+    """generate_audio = the latents `tasks.generate` samples (same seed), cut per stem, scaled back and decoded
+    one stem at a time by the VAE's own decoder, cropped to the asked length."""
+    length = 5000
+    prior.latent_scale = 2.5  # the card's scale: the decoder must see latents / 2.5
+    audio = generate_audio(prior, 2, length, FAST, generator=torch.Generator().manual_seed(1))
+    frames = prior.frames_for(length)
+    state = tasks.generate(prior, 2, C * frames, FAST, generator=torch.Generator().manual_seed(1))
+    latents = state.reshape(2, 4, C, frames) / prior.latent_scale
+    with torch.no_grad():
+        by_hand = torch.stack([prior.vae.decoder(latents[:, k])[:, 0, :length] for k in range(4)], dim=1)
+    assert audio.shape == (2, 4, length)
+    scale = float(by_hand.abs().max())  # an untrained decoder speaks at ~1e-6: compare relative to that
+    assert scale > 0
+    torch.testing.assert_close(audio, by_hand, rtol=1e-4, atol=1e-4 * scale)
+    assert float((audio[:, 0] - audio[:, 1]).abs().max()) > 0.1 * scale  # each stem decodes its own latents
     assert waveform_task(prior, "generate") is generate_audio
     assert waveform_task(object(), "accompany") is tasks.accompany
 
