@@ -107,10 +107,7 @@ class Message:
         head = json.dumps(self.header(), separators=(",", ":"), allow_nan=False).encode()
         return [head, *self.audio_frames()]
 
-    @classmethod
-    def from_header(cls, head: dict, audio: list[memoryview]) -> "Message":
-        _expect_frames(head, audio, 0)
-        return cls(job=_opt_name(head, "job"), req=head.get("req"))
+    # each message type reads itself: `from_header(head, audio) -> Message` (a classmethod), called by decode()
 
 
 _NOT_IN_HEADER = {"audio", "given", "stems_audio"}
