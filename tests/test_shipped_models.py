@@ -28,6 +28,10 @@ def test_a_shipped_model_is_small_and_its_card_matches_its_weights(name):
     assert card["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert card["stems"] == ["bass", "drums", "guitar", "piano"] and card["rate"] == 22050
     assert card.get("training") and card.get("metrics"), "a shipped card records its training and metrics"
+    ledger = card["training"]["ledger"]  # one entry per shipped version (issue 19): steps add up across versions
+    assert ledger and ledger[-1]["name"] == name and card["training"]["total_steps"] == ledger[-1]["total_steps"]
+    assert all(entry["steps"] > 0 and entry["total_steps"] >= entry["steps"] for entry in ledger)
+    assert [e["total_steps"] for e in ledger] == sorted(e["total_steps"] for e in ledger)
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if models.model_kind(n) in ("msdm", "isdm")])
