@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stemweave.engine.sampler import (SamplerSettings, heun_evaluations, heun_steps_for, karras_sigmas, run_sampler,
-                                      sample_euler, sample_heun)
+                                      sample_euler, sample_heun, seeded_randn)
 
 A = 0.3  # a scalar Gaussian prior with variance A: D(x, s) = A x / (A + s^2)
 
@@ -95,3 +95,31 @@ def test_run_sampler_passes_every_setting_on(method, sampler):
                                          randn=noise(5)))
     no_churn = sampler(direction, x0, karras_sigmas(3, 0.01, 2.0, 3.0), resamples=1, randn=noise(5))
     assert not torch.allclose(got, no_churn)
+
+
+def test_schedules_are_float64_by_hand_with_rho_7_by_default():
+    middle = (1.0 + 0.5 * (0.01 ** (1 / 7) - 1.0)) ** 7
+    assert karras_sigmas(3, 0.01, 1.0).tolist() == pytest.approx([1.0, middle, 0.01, 0.0], rel=1e-12)
+    one = karras_sigmas(1, 1e-4, 0.7)  # 0.7 has no exact float32: a float32 schedule would miss it
+    assert one.dtype == torch.float64 and one.tolist() == [0.7, 0.0]
+
+
+def test_seeded_noise_follows_the_generator_and_the_tensor_it_is_like():
+    like = torch.zeros(3, 5, dtype=torch.float64)
+    first = seeded_randn(torch.Generator().manual_seed(4))(like)
+    again = seeded_randn(torch.Generator().manual_seed(4))(like)
+    other = seeded_randn(torch.Generator().manual_seed(5))(like)
+    assert first.dtype == torch.float64 and first.shape == (3, 5)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(first, torch.randn(3, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+
+
+def test_settings_take_one_step_and_refuse_what_cannot_run():
+    assert SamplerSettings(steps=1, sigma_min=0.5, sigma_max=0.6).sigmas().tolist() == [0.6, 0.0]
+    for bad, says in ((dict(steps=0), "steps >= 1"), (dict(resamples=-1), "resamples >= 0"),
+                      (dict(s_churn=-0.1), "s_churn >= 0"), (dict(sigma_min=0.0), "0 < sigma_min < sigma_max"),
+                      (dict(sigma_min=1.0, sigma_max=1.0), "0 < sigma_min < sigma_max"),
+                      (dict(method="dpm"), "euler")):
+        with pytest.raises(ValueError, match="invalid sampler settings") as caught:
+            SamplerSettings(**bad)
+        assert says in str(caught.value)
