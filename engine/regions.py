@@ -278,11 +278,12 @@ class _Progress:
     def emit(self, stage: str, fraction: float, window: int = 0, step: int = 0) -> None:
         if self.callback is None:
             return
+        fraction = float(min(1.0, fraction))  # before the ETA: a negative ETA is no message a client accepts
         elapsed = time.monotonic() - self.started
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
         per = self.per_window
         self.callback({"stage": stage, "window": -(-window // per), "windows": -(-self.windows // per), "step": step,
-                       "steps": self.steps, "fraction": float(min(1.0, fraction)), "eta_s": eta})
+                       "steps": self.steps, "fraction": fraction, "eta_s": eta})
 
     def sampler_callback(self, items: int):
         """The sampler callback for a batch of `items` windows: progress, and cancellation between steps."""
@@ -322,7 +323,7 @@ class _Accumulator:
 
     def pop_until(self, end: int) -> np.ndarray:
         """(signals, K, end - offset) float32: the finished samples, removed from the buffer."""
-        cut = max(0, end - self.offset)
+        cut = min(max(0, end - self.offset), self.buffer.shape[-1])  # what it holds: the offset never runs ahead
         done, self.buffer = self.buffer[..., :cut].astype(np.float32), self.buffer[..., cut:]
         self.offset += cut
         return done
