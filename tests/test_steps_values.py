@@ -119,3 +119,50 @@ def test_stop_requested_off_the_main_thread_installs_nothing():
     thread.start()
     thread.join()
     assert seen["handlers"] == {}
+
+
+def test_one_step_in_half_a_second_by_hand(monkeypatch, tmp_path):
+    clock = Clock()
+    monkeypatch.setattr(steps.time, "time", clock)
+    lines = []
+    with open(tmp_path / "m.jsonl", "w") as metrics:
+        log = StepLog(metrics, Bar(), lines.append, quiet=True)
+        log.add(loss=0.8)
+        clock.now += 0.5
+        record = log.report(1)
+    assert record["loss"] == 0.8 and record["steps_per_s"] == 2.0
+    assert lines == ["step 1 loss 0.8000 2.00 steps/s (7200/h)"]
+
+
+def test_run_steps_drives_the_bar_from_the_step_it_resumes_at(monkeypatch, tmp_path):
+    made = []
+
+    def recording_bar(schedule, step, enabled):
+        made.append((schedule.steps, step, enabled))
+        return bar
+
+    bar = Bar()
+    monkeypatch.setattr(steps, "_progress_bar", recording_bar)
+    schedule = Schedule(steps=8, log_every=100, valid_every=100, checkpoint_every=100, checkpoint_minutes=60)
+    run_steps(RunState(step=5), schedule, lambda step: ({"loss": 1.0}, {}), lambda: None, metrics_path=None,
+              log=lambda line: None)
+    assert made == [(8, 5, True)] and bar.updates == 3  # shown by default, one update per step
+
+
+@pytest.mark.parametrize("seconds_per_step,saves", [(120.0, [2, 4, 4]), (121.0, [1, 2, 3, 4, 4])])
+def test_run_steps_checkpoints_when_more_than_checkpoint_minutes_have_passed(monkeypatch, seconds_per_step, saves):
+    clock = Clock()
+    monkeypatch.setattr(steps.time, "time", clock)
+    state, saved, lines = RunState(), [], []
+
+    def train_step(step):
+        clock.now += seconds_per_step
+        return {"loss": 1.0}, {}
+
+    schedule = Schedule(steps=4, log_every=100, valid_every=2, checkpoint_every=100, checkpoint_minutes=2.0,
+                        progress=False)
+    run_steps(state, schedule, train_step, lambda: saved.append(state.step), metrics_path=None, log=lines.append,
+              validate=lambda: {"loss": 0.5, "mse": 1.23456}, show_progress=False)
+    assert saved == saves  # 120 s is not more than 2 minutes; 121 s is; and one more at the end, always
+    assert lines[-1] == "checkpoint at step 4"
+    assert "step 2 validation: loss 0.5, mse 1.235" in lines and "step 4 validation: loss 0.5, mse 1.235" in lines
