@@ -516,3 +516,49 @@ def test_protocol_error_codes_are_the_documented_ones():
         P.ProtocolError("no-such-code", "x")
     error = P.ProtocolError("busy", "later", req=3, job="j")
     assert (error.code, error.message, error.req, error.job, str(error)) == ("busy", "later", 3, "j", "later")
+
+
+# --- the helpers every message uses ---------------------------------------------------------------------------------
+
+
+def test_region_shape_counts_one_dimensional_audio_as_one_channel():
+    assert P._region_shape(None, {}) == (0, 0)
+    assert P._region_shape(np.zeros(7), {}) == (1, 7)
+    assert P._region_shape(None, {"a": np.zeros(7), "b": np.zeros((1, 7))}) == (1, 7)
+    assert P._region_shape(np.zeros((2, 5)), {"a": np.zeros((2, 5))}) == (2, 5)
+    assert all(type(n) is int for n in P._region_shape(np.zeros((np.int64(2), 5)), {}))
+    with pytest.raises(ValueError, match=r"the same \(channels, frames\), got \[\(1, 5\), \(1, 7\), \(2, 5\)\]"):
+        P._region_shape(np.zeros((2, 5)), {"a": np.zeros(7), "b": np.zeros((1, 5))})
+
+
+def test_planar_makes_contiguous_little_endian_float32_rows():
+    out = P._planar(np.arange(4, dtype=np.float64))
+    assert out.shape == (1, 4) and out.dtype == np.dtype("<f4") and out.flags.c_contiguous
+    strided = np.arange(12, dtype=">f4").reshape(3, 4)[:, ::2]
+    out = P._planar(strided)
+    assert out.dtype == np.dtype("<f4") and out.flags.c_contiguous and np.array_equal(out, [[0, 2], [4, 6], [8, 10]])
+    ready = np.zeros((2, 3), "<f4")
+    assert P._planar(ready) is ready  # nothing copied when it is already what travels
+
+
+def test_samples_checks_size_values_and_peak_with_numbers_in_the_message():
+    with pytest.raises(P.ProtocolError) as caught:
+        P._samples(memoryview(b"\x00" * 12), 4, "channel 0")
+    assert caught.value.code == "bad-message"
+    assert caught.value.message == ("channel 0: the frame has 12 bytes, the header says 4 float32 samples (16 bytes)")
+    assert P._samples(memoryview(b""), 0, "empty").size == 0  # an empty frame has no peak: nothing to refuse
+    quiet = np.full(3, -0.5, np.float32)
+    assert np.array_equal(P._samples(memoryview(quiet.tobytes()), 3, "x", peak_limit=0.5), quiet)  # at the limit
+    with pytest.raises(P.ProtocolError) as caught:
+        P._samples(memoryview(np.array([0.0, -2.5], np.float32).tobytes()), 2, "stem 'bass'", peak_limit=2.0)
+    assert caught.value.code == "too-large"
+    assert caught.value.message.startswith("stem 'bass' has samples of magnitude 2.5: at most 2 (+80 dBFS) is accepted")
+    loud = np.array([1e30], np.float32)  # results are not bounded: stems may be louder than their mixture
+    assert P._samples(memoryview(loud.tobytes()), 1, "result")[0] == np.float32(1e30)
+
+
+def test_headers_are_compact_strict_json():
+    frames = P.Status(job="j", info={"a": [1, 2]}).to_frames()
+    assert bytes(frames[0]) == b'{"v":1,"type":"status","job":"j","info":{"a":[1,2]}}'
+    with pytest.raises(ValueError):
+        P.Heartbeat(time=float("nan")).to_frames()  # a NaN never reaches the wire
