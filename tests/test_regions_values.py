@@ -14,6 +14,7 @@ from stemweave.engine.regions import (
     batch_size_for, check_audio, describe_model, run_region,
 )
 from stemweave.engine.sampler import Cancelled
+from stemweave.engine.windows import crossfade, plan_windows
 from test_regions import STEMS, FIRSeparator, analytic_prior, fast
 
 
@@ -317,3 +318,224 @@ def test_a_mono_region_separates_independently_even_when_mid_side_is_asked():
     b = run_region("separate", FIRSeparator(), audio, 4000, fast("separate"), channel_mode="independent")
     for name in STEMS:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+# --- the wiring of a separation, by hand ----------------------------------------------------------------------------
+
+
+class PositionSeparator(torch.nn.Module):
+    """Stems that depend on where a sample sits in its window (a ramp and its complement): the stitched result
+    then depends on every window's place and cross-fade weight, unlike a shift-invariant separator's."""
+
+    stems, rate, window = STEMS, 4000, 200
+
+    def forward(self, mixture):  # (B, 1, T) -> (B, K, T), summing to the mixture
+        ramp = torch.linspace(0.0, 1.0, mixture.shape[-1], dtype=torch.float64)
+        x = mixture[:, 0].double()
+        return torch.stack([x * ramp, x * (1 - ramp), 0 * x, 0 * x], dim=1).float()
+
+
+class SquareSeparator(torch.nn.Module):
+    """A non-linear separator (bass = x|x|), so that separating mid and side differs from separating L and R."""
+
+    stems, rate, window = STEMS, 4000, 1000
+
+    def forward(self, mixture):
+        x = mixture[:, 0]
+        return torch.stack([x * x.abs(), x - x * x.abs(), 0 * x, 0 * x], dim=1)
+
+
+def test_a_separation_is_the_crossfaded_sum_of_its_windows_and_reports_them():
+    audio = np.random.default_rng(3).standard_normal((1, 730)).astype(np.float32)
+    model, partials = PositionSeparator(), []
+    out = run_region("separate", model, audio, 4000, fast("separate"), overlap=0.3, window_shape="linear",
+                     batch_size=2, on_partial=partials.append)
+    plan = plan_windows(730, 200, 0.3)
+    padded = np.pad(audio[0].astype(np.float64), (0, plan.padded - 730))
+    expected = np.zeros((4, plan.padded))
+    for i in range(plan.count):
+        window = torch.from_numpy(padded[plan.start(i) : plan.start(i) + 200].astype(np.float32))[None, None]
+        stems = model(window)[0].double().numpy()
+        expected[:, plan.start(i) : plan.start(i) + 200] += stems * crossfade(plan, i, "linear")
+    for k, name in enumerate(STEMS):
+        np.testing.assert_allclose(out[name][0], expected[k, :730], atol=2e-6)
+    hann = run_region("separate", model, audio, 4000, fast("separate"), overlap=0.3, batch_size=2)
+    assert not np.allclose(hann["bass"], out["bass"], atol=1e-4)  # the shape asked for is the shape used
+    assert [p["window"] for p in partials] == [2, 4, 5][: len(partials)] and partials[-1]["end"] == 730
+    assert all(p["windows"] == plan.count == 5 for p in partials)
+
+
+def test_mid_side_separates_mid_and_side_and_decodes_them_back():
+    rng = np.random.default_rng(4)
+    audio = (0.5 * rng.standard_normal((2, 800))).astype(np.float32)
+    model = SquareSeparator()
+    out = run_region("separate", model, audio, 4000, fast("separate"), channel_mode="mid-side")
+
+    def separated(x):
+        return model(torch.from_numpy(np.pad(x, (0, 200)).astype(np.float32))[None, None])[0, :, :800].double().numpy()
+
+    left, right = audio.astype(np.float64)
+    mid, side = separated(((left + right) / 2).astype(np.float32)), separated(((left - right) / 2).astype(np.float32))
+    decoded = np.stack([mid + side, mid - side], axis=1)  # (K, 2, 800)
+    decoded += (audio - decoded.sum(0)) / 4  # the sum projection
+    for k, name in enumerate(STEMS):
+        np.testing.assert_allclose(out[name], decoded[k], atol=2e-6)
+    independent = run_region("separate", model, audio, 4000, fast("separate"))
+    assert not np.allclose(independent["bass"], out["bass"], atol=1e-3)
+
+
+def test_separation_progress_counts_steps_per_window(monkeypatch):
+    seen = []
+    audio = np.zeros((1, 600), np.float32)
+    run_region("separate", FIRSeparator(), audio, 4000, fast("separate"), progress=seen.append, batch_size=1,
+               overlap=0.25)
+    windows = plan_windows(600, 256, 0.25).count
+    steps = [p for p in seen if p["stage"] == "separate"]
+    assert [p["fraction"] for p in steps] == pytest.approx([(i + 1) / windows for i in range(windows)])
+    assert all(p["steps"] == 1 and p["step"] == 1 for p in steps)
+    seen.clear()
+    run_region("separate", analytic_prior(), audio, 4000, fast("separate"), progress=seen.append, batch_size=1)
+    assert {p["steps"] for p in seen if p["stage"] == "separate"} == {3}  # a prior: the preset's steps
+
+
+def test_each_window_is_seeded_by_the_seed_the_window_and_the_channel(monkeypatch):
+    seeds = []
+    real = regions.tasks.separate
+
+    def recording(model, mixture, preset, **kwargs):
+        seeds.append(kwargs["generator"].initial_seed())
+        return real(model, mixture, preset, **kwargs)
+
+    monkeypatch.setattr(regions.tasks, "separate", recording)
+    audio = (0.1 * np.random.default_rng(5).standard_normal((2, 400))).astype(np.float32)
+    run_region("separate", analytic_prior(), audio, 4000, fast("separate"), seed=9, batch_size=1, overlap=0.25)
+    windows = plan_windows(400, 256, 0.25).count
+    assert seeds == [_seed_for(9, 1, i, s) for i in range(windows) for s in range(2)]
+
+
+def test_separated_windows_reach_the_accumulator_in_float64(monkeypatch):
+    dtypes = []
+    real = _Accumulator.add
+    monkeypatch.setattr(_Accumulator, "add", lambda self, s, start, values: (dtypes.append(values.dtype),
+                                                                               real(self, s, start, values)))
+    run_region("separate", analytic_prior(), np.zeros((1, 300), np.float32), 4000, fast("separate"))
+    run_region("separate", FIRSeparator(), np.zeros((1, 300), np.float32), 4000, fast("separate"))
+    assert dtypes and set(dtypes) == {np.dtype(np.float64)}
+
+
+def test_more_stitching_small_print():
+    assert _encode(np.zeros((2, 3), np.float32), "mid-side").dtype == np.float32
+    assert check_audio(np.zeros((1, 1), np.float32)).shape == (1, 1)  # one frame is a region
+    with pytest.raises(ValueError, match="downmix it or split it into stereo pairs first"):
+        check_audio(np.zeros((3, 4), np.float32))
+    fresh = _Accumulator(1, 1)
+    assert fresh.pop_until(5).shape == (1, 1, 0) and fresh.offset == 0
+    acc = _Accumulator(1, 1)
+    acc.add(0, 0, np.ones((1, 6)))
+    acc.pop_until(3)
+    assert acc.pop_until(2).shape == (1, 1, 0) and acc.offset == 3  # asking for less than it handed out: nothing
+    for length, fade in ((10, 2), (12, 3)):  # the fade is at most a quarter of the range, rounded down
+        given, stems = {"b": np.zeros((1, 30), np.float32)}, {"b": np.ones((1, 30), np.float32)}
+        _blend_range(given, 5, 5 + length, fade=100)(stems, 0, 30)
+        t = np.arange(30)
+        inside = np.clip(np.minimum(t - 5 + 0.5, 5 + length - t - 0.5) / fade, 0, 1)
+        np.testing.assert_allclose(stems["b"][0], np.sin(0.5 * np.pi * inside) ** 2, atol=1e-7)
+
+
+# --- the wiring of an accompaniment, by hand ------------------------------------------------------------------------
+
+
+def record_inpainting(monkeypatch):
+    calls = []
+    real = regions._Job._inpaint
+
+    def recording(self, known, mask, part, index):
+        calls.append({"part": part, "index": index, "known": known.copy(), "mask": mask.copy()})
+        return real(self, known, mask, part, index)
+
+    monkeypatch.setattr(regions._Job, "_inpaint", recording)
+    return calls
+
+
+def test_an_accompaniment_shows_the_prior_the_mid_of_the_given_stems(monkeypatch):
+    calls, seen = record_inpainting(monkeypatch), []
+    rng = np.random.default_rng(6)
+    drums = (0.1 * rng.standard_normal((2, 200))).astype(np.float32)
+    out = run_region("accompany", analytic_prior(), None, 4000, fast("accompany"), given={"drums": drums},
+                     progress=seen.append)
+    assert sorted(out) == ["bass", "guitar", "piano"]  # by default every stem not given
+    assert seen[0]["stage"] == "resample" and seen[0]["fraction"] == 0.0
+    first = calls[0]
+    np.testing.assert_allclose(first["known"][1, :200], drums.mean(0), atol=1e-7)
+    assert first["mask"][1, :200].all() and not first["mask"][[0, 2, 3]].any()
+    with pytest.raises(ValueError, match="given stem 'drums' contains NaN"):
+        run_region("accompany", analytic_prior(), None, 4000, fast("accompany"),
+                   given={"drums": np.full((1, 10), np.nan, np.float32)})
+    with pytest.raises(ValueError, match="^accompany needs at least one given stem"):
+        run_region("accompany", analytic_prior(), None, 4000, fast("accompany"), given={})
+    with pytest.raises(ValueError, match="^every stem is given"):
+        run_region("accompany", analytic_prior(), None, 4000, fast("accompany"), given={s: drums for s in STEMS})
+    with pytest.raises(ValueError, match="^to regenerate a range of bass, piano, give"):
+        run_region("accompany", analytic_prior(), None, 4000, fast("accompany"), given={"drums": drums},
+                   stems=["bass", "piano"], regenerate=(0, 10))
+
+
+def test_regenerating_a_range_at_another_rate(monkeypatch):
+    calls, blends = record_inpainting(monkeypatch), []
+    real_blend = regions._blend_range
+    monkeypatch.setattr(regions, "_blend_range", lambda *a: (blends.append(a[1:]), real_blend(*a))[1])
+    rng = np.random.default_rng(7)
+    given = {s: (0.1 * rng.standard_normal((1, 1600))).astype(np.float32) for s in ("bass", "drums")}
+    out = run_region("accompany", analytic_prior(), None, 8000, fast("accompany"), given=given, stems=["bass"],
+                     regenerate=(400, 1600))  # up to the region's last frame
+    assert blends == [(400, 1600, 40)]  # fades over 5 ms at the region's rate
+    np.testing.assert_array_equal(out["bass"][:, :400], given["bass"][:, :400])  # exactly, though resampled
+    plan = plan_windows(800, 256, 0.25)
+    for c in calls:  # the model-rate range [200, 800) of the bass is unknown, and nothing else
+        start = plan.start(c["index"])
+        inside = max(0, min(256, 800 - start))  # the region's samples in this window (the rest is padding)
+        assert c["mask"][1][:inside].all()
+        window_mask = c["mask"][0][:inside]
+        expected = np.ones_like(window_mask)
+        lo, hi = max(0, 200 - start), max(0, min(len(window_mask), 800 - start))
+        expected[lo:hi] = False
+        if c["index"] > calls[0]["index"]:
+            keep = plan.overlap - int(0.5 * plan.overlap)
+            expected[:keep] = True
+        np.testing.assert_array_equal(window_mask, expected)
+    assert calls[0]["index"] == max(0, (200 - plan.overlap) // plan.hop)  # the first window covering the range
+
+
+@pytest.mark.parametrize("length", [600, 250])  # 250: shorter than the window, which then holds two wraps
+def test_a_loop_inpaints_its_wrap_in_the_middle_of_one_window_and_blends_it_in(monkeypatch, length):
+    chain, calls = [], []
+    real_continue, real_inpaint = regions._Job._continue, regions._Job._inpaint
+
+    def recording_continue(self, *args, **kwargs):
+        state = real_continue(self, *args, **kwargs)
+        chain.append(state.copy())
+        return state
+
+    def marking_inpaint(self, known, mask, part, index):
+        if part != 3:
+            return real_inpaint(self, known, mask, part, index)
+        calls.append(mask.copy())
+        return known + 10.0  # the wrap window's answer: the rotated loop plus a marker
+
+    monkeypatch.setattr(regions._Job, "_continue", recording_continue)
+    monkeypatch.setattr(regions._Job, "_inpaint", marking_inpaint)
+    out = run_region("generate", analytic_prior(), None, 4000, fast("generate"), loop_frames=length, overlap=0.25)
+    (mask,) = calls
+    window = 256
+    gap = min(64, length // 4)  # round(0.25 * 256) unknown samples each side, at most a quarter of the loop
+    blend = gap // 2  # the outer half of them is cross-faded
+    offsets = np.arange(window) - window // 2  # the wrap (loop sample 0) sits in the middle
+    distance = np.abs((offsets + length // 2) % length - length // 2)  # to the nearest wrap
+    np.testing.assert_array_equal(mask, np.broadcast_to(distance >= gap, mask.shape))
+    weight = np.zeros(length)
+    near = np.arange(-gap, gap)
+    ramp = np.clip((gap - np.abs(near + 0.5) + 0.5) / blend, 0, 1)
+    weight[near % length] = np.sin(0.5 * np.pi * ramp) ** 2
+    loop = chain[0][:, :length]
+    for k, name in enumerate(STEMS):
+        np.testing.assert_allclose(out[name][0], loop[k] + 10.0 * weight, atol=1e-4)
