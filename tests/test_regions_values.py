@@ -85,20 +85,23 @@ def test_seeds_are_a_seed_sequence_of_the_seed_and_the_place():
 
 
 def test_progress_reports_windows_per_region_window_and_an_eta(monkeypatch):
-    clock = iter([100.0, 104.0, 106.0, 110.0])
-    monkeypatch.setattr(regions.time, "monotonic", lambda: next(clock))
+    clock = {"now": 100.0}
+    monkeypatch.setattr(regions.time, "monotonic", lambda: clock["now"])
     seen = []
     progress = _Progress(seen.append, None, "separate")  # started at 100
     progress.plan(windows=6, steps=10, per_window=2)  # 3 region windows of 2 channels
-    progress.step(items=2, step=5, steps=10)  # at 104: one window of 2 items half done -> 1/6
+    clock["now"] = 104.0
+    progress.step(items=2, step=5, steps=10)  # one window of 2 items half done -> 1/6
     assert seen[-1] == {"stage": "separate", "window": 1, "windows": 3, "step": 5, "steps": 10,
                         "fraction": pytest.approx(1 / 6), "eta_s": pytest.approx(4.0 * 5)}
     progress.windows_done(2)
-    progress.step(items=2, step=10, steps=10)  # at 106: 4 of 6 items
+    clock["now"] = 106.0
+    progress.step(items=2, step=10, steps=10)  # 4 of 6 items
     assert seen[-1]["window"] == 2 and seen[-1]["fraction"] == pytest.approx(4 / 6)
     assert seen[-1]["eta_s"] == pytest.approx(6.0 * (2 / 6) / (4 / 6))
-    progress.emit("done", 1.5, window=6, step=10)  # at 110: capped at 1, nothing left
-    assert seen[-1]["fraction"] == 1.0 and seen[-1]["eta_s"] == pytest.approx(0.0 * 10 / 1.5)
+    clock["now"] = 110.0
+    progress.emit("done", 1.5, window=6, step=10)  # capped at 1, nothing left (never a negative ETA)
+    assert seen[-1]["fraction"] == 1.0 and seen[-1]["eta_s"] == 0.0
     assert seen[-1]["window"] == 3 and seen[-1]["stage"] == "done"
 
 
