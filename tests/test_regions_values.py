@@ -542,3 +542,45 @@ def test_a_loop_inpaints_its_wrap_in_the_middle_of_one_window_and_blends_it_in(m
     loop = chain[0][:, :length]
     for k, name in enumerate(STEMS):
         np.testing.assert_allclose(out[name][0], loop[k] + 10.0 * weight, atol=1e-4)
+
+
+def test_a_generated_chain_by_hand(monkeypatch):
+    """Each window keeps the first half of its overlap from the previous window exactly, samples the rest, and
+    cross-fades the second half of the overlap (sin^2) from the previous window's samples to its own."""
+    parts = []
+
+    def numbered(self, known, mask, part, index):  # window i answers i + 1 wherever it is asked to
+        parts.append((part, index, mask.copy()))
+        return np.where(mask, known, np.float32(index + 1))
+
+    monkeypatch.setattr(regions._Job, "_inpaint", numbered)
+    partials = []
+    out = run_region("generate", analytic_prior(), None, 4000, fast("generate"), frames=700, channels=2,
+                     overlap=0.25, on_partial=partials.append)
+    plan = plan_windows(700, 256, 0.25)
+    keep = plan.overlap - plan.overlap // 2
+    fade = np.sin(0.5 * np.pi * (np.arange(plan.overlap - keep) + 0.5) / (plan.overlap - keep)) ** 2
+    expected = np.zeros(plan.padded)
+    for i in range(plan.count):
+        s = plan.start(i)
+        expected[s + (keep if i else 0) : s + plan.window] = i + 1
+        if i:
+            expected[s + keep : s + plan.overlap] = i * (1 - fade) + (i + 1) * fade
+    for name in STEMS:
+        assert out[name].shape == (2, 700)
+        np.testing.assert_allclose(out[name][0], expected[:700], atol=1e-6)
+        np.testing.assert_array_equal(out[name][0], out[name][1])
+    assert [p for p, _, _ in parts] == [2] * plan.count and [i for _, i, _ in parts] == list(range(plan.count))
+    assert not parts[0][2].any() and all(m[:, :keep].all() and not m[:, keep:].any() for _, _, m in parts[1:])
+    ends = [min(700, plan.start(i + 1) + keep) for i in range(plan.count - 1)] + [700]
+    assert [p["end"] for p in partials] == ends and [p["window"] for p in partials] == list(range(1, plan.count + 1))
+    assert all(p["windows"] == plan.count for p in partials) and partials[0]["start"] == 0
+    assert all(a["end"] == b["start"] for a, b in zip(partials, partials[1:]))
+
+
+def test_generation_progress_reaches_each_window_in_turn():
+    seen = []
+    run_region("generate", analytic_prior(), None, 4000, fast("generate"), frames=700, progress=seen.append)
+    windows = plan_windows(700, 256, 0.25).count
+    ends = [p["fraction"] for p in seen if p["stage"] == "generate" and p["step"] == p["steps"]]
+    assert ends == pytest.approx([(k + 1) / windows for k in range(windows)])
