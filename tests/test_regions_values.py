@@ -597,4 +597,4 @@ def test_the_resampled_stems_are_flushed_to_the_regions_last_frame():
     audio = (0.5 * np.sin(2 * np.pi * 100 * t))[None].astype(np.float32)  # well below the model's Nyquist
     out = run_region("separate", Gains(), audio, 8000, fast("separate"))
     # the resampler's tail reaches the stems (an unflushed stream leaves the end to the sum projection: 0.25 x)
-    np.testing.assert_allclose(out["bass"][0, :-20], 0.1 * audio[0, :-20], atol=1e-3)
+    np.testing.assert_allclose(out["bass"][0, 20:-20], 0.1 * audio[0, 20:-20], atol=1e-3)
