@@ -562,3 +562,66 @@ def test_headers_are_compact_strict_json():
     assert bytes(frames[0]) == b'{"v":1,"type":"status","job":"j","info":{"a":[1,2]}}'
     with pytest.raises(ValueError):
         P.Heartbeat(time=float("nan")).to_frames()  # a NaN never reaches the wire
+
+
+def test_what_an_absent_optional_field_decodes_to():
+    assert decode({"type": "hello"}).version == 1 and decode({"type": "hello"}).client is None
+    accepted = decode({"type": "accepted", "job": "j"})
+    assert accepted.queued == 0 and accepted.cached is False
+    progress = decode({"type": "progress", "job": "j", "fraction": 0.5})
+    assert (progress.stage, progress.eta_s, progress.window, progress.windows, progress.step, progress.steps) == (
+        "", None, 0, 0, 0, 0)
+    error = decode({"type": "error", "code": "failed"})
+    assert error.message == "" and error.job is None
+    partial = decode({"type": "partial", "job": "j", "rate": 8000, "channels": 1, "frames": 0})
+    assert (partial.kind, partial.start, partial.end, partial.window, partial.windows) == ("window", 0, 0, 0, 0)
+    result = decode({"type": "result", "job": "j", "rate": 8000, "channels": 1, "frames": 0})
+    assert result.cached is False and result.elapsed_s is None and result.files == {} and result.info is None
+    loop = decode({**BASE["loop"]})
+    assert loop.playing is None and loop.stems is None and loop.mix is None
+
+
+def test_number_bounds_are_exact():
+    for shape, key, lo, hi in NUMBERS:
+        for value in (np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf)):
+            error = refused(with_field(shape, key, float(value)))
+            assert error.code == "bad-message" and error.message.startswith(f"{key} must be a number in [{lo}, {hi}]")
+
+
+def test_messages_name_what_they_refuse():
+    frame = np.zeros(2, np.float32).tobytes()
+    assert refused({**BASE["loop"], "stems": ["a b"]}).message.startswith("stem 'a b' is not a name")
+    assert refused({**BASE["result"], "files": ["a b"]}, b"x").message.startswith("file 'a b' is not a name")
+    assert refused({**BASE["partial"], "stems": ["a b"]}, frame).message.startswith("stem 'a b' is not a name")
+    submit = {"type": "submit", "task": "accompany", "rate": 8000, "channels": 1, "frames": 2}
+    assert refused({**submit, "given": ["a b"]}, frame).message.startswith("given stem 'a b' is not a name")
+    assert refused({**submit, "given": ["d", "d"]}, frame, frame).message == "a given stem is named twice"
+    assert refused({**submit, "given": ["d"], "frames": 0}, frame).message == (
+        "audio frames follow but channels or frames is 0")
+    assert refused({**submit, "given": ["d"], "rate": None}, frame).message == (
+        "the header lacks 'rate' (the audio's sample rate)")
+    assert refused({**submit, "given": ["d"]}, b"\x00").message.startswith("given stem 'd': the frame has 1 bytes")
+    assert refused({**submit, "audio": True}, b"\x00").message.startswith("channel 0: the frame has 1 bytes")
+    loop = {**BASE["loop"], "audio": True}
+    assert refused(loop, b"\x00").message.startswith("the loop's mix: the frame has 1 bytes")
+    stems = {**BASE["partial"], "channels": 1, "frames": 2, "end": 2, "stems": ["bass"]}
+    assert refused(stems, b"\x00").message.startswith("stem 'bass': the frame has 1 bytes")
+    assert refused(stems).message == "a partial message with this header carries 1 audio frame(s) after the header, got 0"
+    assert refused({"type": "loop", "serial": 0, "audio": True}, frame).message == (
+        "a loop reply with serial 0 (no loop) carries no audio")
+    assert refused({**BASE["partial"], "kind": "k" * 17}).message == "kind must be a string of at most 16 characters"
+    assert refused({**BASE["submit"], "priority": "p" * 17}).message == (
+        "priority must be a string of at most 16 characters")
+
+
+def test_the_edges_of_audio_and_files():
+    one = decode({"type": "submit", "task": "separate", "rate": 8000, "channels": 1, "frames": 1, "audio": True},
+                 np.ones(1, np.float32).tobytes())
+    assert one.audio.shape == (1, 1)  # a region of one frame
+    names = [f"f{i}" for i in range(16)]
+    frame = np.zeros(1, np.float32).tobytes()
+    result = decode({"type": "result", "job": "j", "rate": 8000, "channels": 1, "frames": 1, "stems": ["bass"],
+                     "files": names}, frame, *[n.encode() for n in names])
+    assert result.files == {n: n.encode() for n in names}  # 16 files, each its own frame, in order
+    head = P.Submit(task="generate", rate=None).header()
+    assert head["channels"] == 0 and head["frames"] == 0 and head["audio"] is False
