@@ -54,8 +54,10 @@ def test_accompany_starts_at_noise_and_shows_the_known_stems_noised_by_the_next_
     torch.testing.assert_close(x[:, [0, 2]], 0.7 * start[:, [0, 2]])
     torch.testing.assert_close(x[:, [1, 3]], known[:, [1, 3]] + 0.7 * known_noise[:, [1, 3]])
     assert torch.equal(out[:, [1, 3]], known[:, [1, 3]])
-    as_ints = tasks.accompany(independent_prior, known, mask.to(torch.uint8), ONE_STEP, generator=seeded(6))
-    assert torch.equal(as_ints, tasks.accompany(independent_prior, known, mask, ONE_STEP, generator=seeded(6)))
+    as_bool = tasks.accompany(independent_prior, known, mask, ONE_STEP, generator=seeded(6))
+    for dtype in (torch.uint8, torch.float64):  # a 0/1 mask of any dtype means the same
+        as_other = tasks.accompany(independent_prior, known, mask.to(dtype), ONE_STEP, generator=seeded(6))
+        assert torch.equal(as_other, as_bool)
 
 
 @pytest.mark.parametrize("warm", [False, True])
