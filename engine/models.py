@@ -238,8 +238,14 @@ def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: 
             metrics[stem] = model.card.get("metrics", {})
     card = models[0].card
     config = {k: card[k] for k in ("rate", "window", "sigma_data", "clamp")} | {"name": card["config"].get("name")}
+    # one ledger entry for the merged file (issue 19): the stems' steps and CPU-hours, added up
+    steps = {stem: int(t.get("total_steps") or t.get("steps") or 0) for stem, t in training.items()}
+    seconds = sum(float(t.get("train_seconds") or 0.0) for t in training.values())
+    entry = {"name": name, "steps": sum(steps.values()), "total_steps": sum(steps.values()),
+             "cpu_hours": round(seconds / 3600, 2), "per_stem_steps": steps, "metrics": {"per_stem": metrics}}
     return save_model(out, nets, name=name, kind="isdm", stems=list(nets), config=config,
-                      training={"per_stem": training}, metrics={"per_stem": metrics}, fp16=fp16)
+                      training={"per_stem": training, "ledger": [entry], "total_steps": entry["total_steps"]},
+                      metrics={"per_stem": metrics}, fp16=fp16)
 
 
 __all__ = [

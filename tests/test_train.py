@@ -127,6 +127,9 @@ def test_export_regression_and_priors(tmp_path):
     combine_isdm([tmp_path / "models" / f"isdm-{s}.json" for s in STEMS], tmp_path / "models", "isdm")
     isdm = load_prior(tmp_path / "models" / "isdm.json")
     assert isdm.stems == STEMS and isdm.denoise(torch.randn(1, 2, 256), 0.5).shape == (1, 2, 256)
+    (entry,) = isdm.card["training"]["ledger"]  # the merged file's one version: every stem's steps added up
+    assert entry["per_stem_steps"] == {s: 2 for s in STEMS} and entry["steps"] == entry["total_steps"] == 2 * len(STEMS)
+    assert isdm.card["training"]["total_steps"] == 2 * len(STEMS)
 
 
 def test_unknown_model_name_lists_known():
