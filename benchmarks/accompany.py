@@ -158,22 +158,7 @@ def librosa_load_seconds() -> float | None:
 # --- the bass metrics ----------------------------------------------------------------------------------------
 
 def bass_metrics(bass: np.ndarray, drums: np.ndarray, key: str) -> dict:
-    drum_onsets = measure.onsets_of(drums, RATE)
-    seconds = drums.shape[-1] / RATE
-    return {
-        "low_share": measure.low_energy_share(bass, RATE),
-        "flatness": measure.spectral_flatness(bass, RATE),
-        "locked": measure.locked_share(measure.onsets_of(bass, RATE, pitched=True), drum_onsets),
-        "chance": measure.chance_share(drum_onsets, seconds),
-        "key_share": measure.chroma_in_key(bass, RATE, key),
-    }
-
-
-def _sounds(audio: np.ndarray) -> bool:
-    """Whether a stem plays through most of the excerpt: songs whose bass or drums rest there have nothing to
-    compare with (a silent real bass would count as flatness 1)."""
-    frames = audio[: audio.size // RATE * RATE].reshape(-1, RATE)
-    return bool(np.mean(np.sqrt((frames ** 2).mean(1)) > 1e-3) >= 0.75)
+    return {**measure.bass_under_drums(bass, drums, RATE), "key_share": measure.chroma_in_key(bass, RATE, key)}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -256,7 +241,8 @@ def main(argv=None) -> int:
     for domain in ("rendered", "sampled"):
         per_method: dict = {"real bass": [], "accompanist": [], "prior": [], "refine": []}
         mels: dict = {"real bass": [], "accompanist": [], "prior": [], "refine": []}
-        playing = [song for song in songs if _sounds(song[2]["bass"][a:b]) and _sounds(song[2]["drums"][a:b])]
+        playing = [song for song in songs if measure.sounds_through(song[2]["bass"][a:b], RATE)
+                   and measure.sounds_through(song[2]["drums"][a:b], RATE)]
         for index, (name, plan, stems, drums) in enumerate(playing[: args.songs]):
             clip, real = drums[domain][a:b], stems["bass"][a:b]
             key = plan["key"]

@@ -30,23 +30,6 @@ from stemweave.engine.accompanist import measure
 STEMS = ("bass", "drums", "guitar", "piano")
 
 
-def plays(audio: np.ndarray, rate: int) -> bool:
-    """Whether a stem sounds through most of the excerpt (a resting real bass has nothing to compare with)."""
-    frames = audio[: audio.size // rate * rate].reshape(-1, rate)
-    return frames.size > 0 and bool(np.mean(np.sqrt((frames ** 2).mean(1)) > 1e-3) >= 0.75)
-
-
-def bass_row(bass: np.ndarray, drums: np.ndarray, rate: int) -> dict:
-    drum_onsets = measure.onsets_of(drums, rate)
-    return {
-        "low_share": measure.low_energy_share(bass, rate),
-        "flatness": measure.spectral_flatness(bass, rate),
-        "locked": measure.locked_share(measure.onsets_of(bass, rate, pitched=True), drum_onsets),
-        "chance": measure.chance_share(drum_onsets, drums.size / rate),
-        "dbfs": float(20 * np.log10(np.sqrt(np.mean(bass ** 2)) + 1e-12)),
-    }
-
-
 def correlations(basses: list[np.ndarray]) -> list[float]:
     """Pearson correlation of every pair of equally long basses."""
     return [float(np.corrcoef(a, b)[0, 1]) for a, b in itertools.combinations(basses, 2)]
@@ -80,14 +63,16 @@ def main(argv=None) -> int:
                 print(f"error: {track} is at {file_rate} Hz, the model at {rate} Hz", file=sys.stderr)
                 return 2
             stems[stem] = audio.mean(1)[:frames]
-        if stems["drums"].size < frames or not (plays(stems["bass"], rate) and plays(stems["drums"], rate)):
+        if stems["drums"].size < frames or not (measure.sounds_through(stems["bass"], rate)
+                                                 and measure.sounds_through(stems["drums"], rate)):
             continue
         started = time.perf_counter()
         out = api.accompany({"drums": stems["drums"][None]}, generate=["bass"], rate=rate, model=model,
                             preset=args.preset, seed=args.seed)
         bass = np.asarray(out["bass"], np.float64).reshape(-1, frames).mean(0)
         row = {"track": track.name, "seconds_to_sample": time.perf_counter() - started,
-               "sampled": bass_row(bass, stems["drums"], rate), "real": bass_row(stems["bass"], stems["drums"], rate)}
+               "sampled": measure.bass_under_drums(bass, stems["drums"], rate),
+               "real": measure.bass_under_drums(stems["bass"], stems["drums"], rate)}
         rows.append(row)
         basses.append(bass)
         print(json.dumps(row), flush=True)

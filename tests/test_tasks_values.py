@@ -89,20 +89,16 @@ def test_dirac_separation_starts_at_the_first_estimate_plus_noise_with_the_const
     torch.testing.assert_close(x, expected)
 
 
-def test_dirac_separation_constrains_the_first_stem_by_default(independent_prior):
-    truth = independent_prior.sample(2, seeded(4))
-    default = tasks.separate_dirac(independent_prior, truth.sum(1), FEW, generator=seeded(9))
-    first = tasks.separate_dirac(independent_prior, truth.sum(1), FEW, constrained=0, generator=seeded(9))
-    second = tasks.separate_dirac(independent_prior, truth.sum(1), FEW, constrained=1, generator=seeded(9))
-    assert torch.equal(default, first) and not torch.allclose(default, second)
-
-
-def test_gaussian_separation_defaults_to_gamma_1_06(independent_prior):
-    truth = independent_prior.sample(2, seeded(4))
-    default = tasks.separate_gaussian(independent_prior, truth.sum(1), FEW, generator=seeded(9))
-    explicit = tasks.separate_gaussian(independent_prior, truth.sum(1), FEW, gamma=1.06, generator=seeded(9))
-    other = tasks.separate_gaussian(independent_prior, truth.sum(1), FEW, gamma=2.06, generator=seeded(9))
-    assert torch.equal(default, explicit) and not torch.allclose(default, other)
+@pytest.mark.parametrize("task,option,default,other", [
+    (tasks.separate_dirac, "constrained", 0, 1),  # the first stem takes the rest by default
+    (tasks.separate_gaussian, "gamma", 1.06, 2.06),  # the reference's 0.75 with its 1/(2 gamma^2)
+])
+def test_separation_defaults(independent_prior, task, option, default, other):
+    mixture = independent_prior.sample(2, seeded(4)).sum(1)
+    implicit = task(independent_prior, mixture, FEW, generator=seeded(9))
+    explicit = task(independent_prior, mixture, FEW, **{option: default}, generator=seeded(9))
+    changed = task(independent_prior, mixture, FEW, **{option: other}, generator=seeded(9))
+    assert torch.equal(implicit, explicit) and not torch.allclose(implicit, changed)
 
 
 def run_task(name, prior, generator, callback=None):

@@ -80,3 +80,24 @@ def notes_in_key(pitches, key: str) -> float:
     scale = set(scale_pitch_classes(tonic, mode))
     pitches = list(pitches)
     return float(np.mean([p % 12 in scale for p in pitches])) if pitches else 0.0
+
+
+def sounds_through(audio: np.ndarray, rate: int, share: float = 0.75) -> bool:
+    """Whether a stem plays through most of an excerpt (a resting stem has nothing to compare with: a silent real
+    bass would count as flatness 1)."""
+    mono = _mono(audio)
+    frames = mono[: mono.size // rate * rate].reshape(-1, rate)
+    return frames.size > 0 and bool(np.mean(np.sqrt((frames ** 2).mean(1)) > 1e-3) >= share)
+
+
+def bass_under_drums(bass: np.ndarray, drums: np.ndarray, rate: int) -> dict:
+    """The issues' measures of a bass under given drums: register, flatness, onset lock next to chance, level."""
+    drum_onsets = onsets_of(drums, rate)
+    return {
+        "low_share": low_energy_share(bass, rate),
+        "flatness": spectral_flatness(bass, rate),
+        "locked": locked_share(onsets_of(bass, rate, pitched=True), drum_onsets),
+        "chance": chance_share(drum_onsets, _mono(drums).size / rate),
+        "dbfs": float(20 * np.log10(np.sqrt(np.mean(_mono(bass) ** 2)) + 1e-12)),
+    }
+
