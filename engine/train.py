@@ -114,14 +114,20 @@ def start_from_model(settings: TrainSettings, config: dict[str, Any]) -> tuple[d
     model = load_model_file(settings.init_from)
     if model.kind != settings.kind():
         raise ValueError(f"{settings.init_from} is a {model.kind} model; this run trains {settings.kind()}")
-    if tuple(model.stems) != settings.model_stems():
-        raise ValueError(f"{settings.init_from} models stems {list(model.stems)}, not {list(settings.model_stems())}")
     card = model.card
+    ledger = ledger_of(card)
+    if settings.stem:  # ISDM: one stem's prior, out of a one-stem or a merged isdm file, with that stem's ledger
+        if settings.stem not in model.stems:
+            raise ValueError(f"{settings.init_from} has no {settings.stem!r} prior (its stems: {list(model.stems)})")
+        per_stem = card.get("training", {}).get("per_stem", {}).get(settings.stem)
+        ledger = ledger_of({"name": card.get("name"), "training": per_stem}) if per_stem else ledger
+    elif tuple(model.stems) != settings.model_stems():
+        raise ValueError(f"{settings.init_from} models stems {list(model.stems)}, not {list(settings.model_stems())}")
     config = dict(config, rate=card["rate"], window=card["window"], sigma_data=card["sigma_data"], clamp=card["clamp"],
                   unet=dict(card["config"]["unet"]))
     net = model.nets[settings.stem] if settings.stem else model.net
     weights = {k: v.float() for k, v in net.state_dict().items()}
-    return config, weights, ledger_of(card)
+    return config, weights, ledger
 
 
 def ledger_of(card: dict[str, Any]) -> list[dict[str, Any]]:

@@ -51,3 +51,24 @@ def test_init_from_refuses_another_kind_or_other_stems(tmp_path):
 def test_remix_is_refused_for_a_joint_prior(tmp_path):
     with pytest.raises(ValueError, match="--remix"):
         train(settings(tmp_path, remix=0.5, steps=1), dataset=SyntheticStems(1))
+
+
+def test_an_isdm_stem_continues_from_a_merged_isdm_file_with_its_own_ledger(tmp_path):
+    from stemweave.engine.models import combine_isdm
+
+    parts = []
+    for stem, steps in (("bass", 4), ("drums", 2)):
+        s = settings(tmp_path / stem, stem=stem, steps=steps)
+        train(s, dataset=SyntheticStems(0, stems=(stem,)))
+        parts.append(export_model(s.run_dir, f"isdm-{stem}", tmp_path / "models")[1])
+    weights, merged = combine_isdm(parts, tmp_path / "models", "isdm-both")
+    s = settings(tmp_path / "more", stem="drums", steps=3, init_from=str(merged), lr=0.0, ema_decay=0.0)
+    train(s, dataset=SyntheticStems(0, stems=("drums",)))
+    continued, card = export_model(s.run_dir, "isdm-drums-2", tmp_path / "models")
+    drums, again = load_file(str(weights)), load_file(str(continued))
+    assert set(again) == {k for k in drums if k.startswith("drums.")}  # the drums net, not the bass one
+    assert all(torch.equal(drums[k], v) for k, v in again.items())
+    assert [(e["steps"], e["total_steps"]) for e in read_card(card)["training"]["ledger"]] == [(2, 2), (3, 5)]
+    with pytest.raises(ValueError, match="no 'guitar' prior"):
+        train(settings(tmp_path / "g", stem="guitar", init_from=str(merged), steps=1),
+              dataset=SyntheticStems(0, stems=("guitar",)))

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--init-from", metavar="MODEL", default=None,
                    help="start a new run from a model file's weights (a shipped name or a path): its network, rate, "
                         "window and sigma_data replace --config's, whose [train] settings still apply; the exported "
-                        "card continues its training ledger (steps, CPU-hours, metrics per version)")
+                        "card continues its training ledger (steps, CPU-hours, metrics per version); with --stem, that stem's "
+                        "prior out of an isdm file (one stem's or the merged isdm-cpu-tiny)")
     p.add_argument("--remix", type=float, default=0.0, metavar="P",
                    help="regression only: remix this share of training windows, each stem from another song at a random "
                         "offset (the Demucs recipe; docs/separation.md)")
