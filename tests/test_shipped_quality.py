@@ -23,10 +23,8 @@ SONGS, SECONDS = 2, 12
 RENDER = ["data", "render", "--songs", str(SONGS), "--split", "test", "--seconds", str(SECONDS)]
 PRIORS = [n for n in models.list_models() if models.model_kind(n) in models.PRIOR_KINDS + ("gmsdi",)]
 # Priors that measure below the bar today, each with the reason; strict, so a fixed one must be taken off.
-KNOWN_BROKEN = {
-    "isdm-cpu-tiny": "trained on LogNormal(-3, 1) with sigma_data 0.2: loses to the best scalar shrink from "
-                     "sigma 0.1 to 1 (README, denoiser table); to be retrained on the cpu-tiny config as fixed",
-}
+# Empty since isdm-cpu-tiny was retrained on the fixed cpu-tiny config (issue 19).
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
