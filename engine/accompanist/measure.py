@@ -100,4 +100,3 @@ def bass_under_drums(bass: np.ndarray, drums: np.ndarray, rate: int) -> dict:
         "chance": chance_share(drum_onsets, _mono(drums).size / rate),
         "dbfs": float(20 * np.log10(np.sqrt(np.mean(_mono(bass) ** 2)) + 1e-12)),
     }
-
