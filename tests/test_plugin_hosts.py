@@ -487,7 +487,9 @@ def test_jalv_real_time_passes_through_when_the_server_stops_mid_job(bundle, tmp
     slow.write_text(FAST_PRESETS["separate-fast"].replace("steps = 6", "steps = 20000"))
     rate, seconds = 48000, 4.0
     song = np.concatenate([test_region(rate, 1.0, seed=s) for s in range(int(seconds))])
-    sf.write(tmp_path / "play.wav", song, rate, subtype="FLOAT")
+    # a second of silence after the song: the player's last cycle (it exits then, racing the graph under load)
+    # carries no music, so that race cannot pass for a dropout (it did once in CI: the song's last 192 frames)
+    sf.write(tmp_path / "play.wav", np.concatenate([song, np.zeros((rate, 2), np.float32)]), rate, subtype="FLOAT")
     jack = Jack(tmp_path, rate)
     jalv = rec = play = None
     try:
