@@ -31,8 +31,11 @@ class GaussianStemPrior:
 
     # The Prior interface -------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        eye = torch.eye(len(self.stems), dtype=torch.float64)
-        gain = self.cov @ torch.linalg.inv(self.cov + sigma**2 * eye)  # (F, K, K)
+        return self.denoise_stems(x, torch.full((len(self.stems),), float(sigma), dtype=torch.float64))
+
+    def denoise_stems(self, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """E[x | x_k + sigma_k n_k for every k]: one noise level per stem (K,); 0 where a stem is given clean."""
+        gain = self.cov @ torch.linalg.inv(self.cov + torch.diag(sigmas.to(torch.float64) ** 2))  # (F, K, K)
         return self._apply(gain, x)
 
     # Closed-form answers ----------------------------------------------------

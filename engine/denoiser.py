@@ -41,12 +41,42 @@ class EDMDenoiser(nn.Module):
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
 
-def edm_loss(denoiser: EDMDenoiser, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted denoising loss E[lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2] (EDM Eq. 8)."""
+def shown_clean(clean: torch.Tensor, sigma: torch.Tensor | float, sigma_data: float) -> torch.Tensor:
+    """A clean stem scaled so that c_in(sigma) x, the network's input, is clean / sigma_data at every sigma: how a
+    prior trained with given stems (`edm_loss(..., given=...)`) hears them, through the unchanged D(x, sigma)."""
+    sigma = torch.as_tensor(sigma, dtype=clean.dtype, device=clean.device)
+    if sigma.ndim:
+        sigma = sigma.reshape(-1, *([1] * (clean.ndim - 1)))
+    return clean * (sigma**2 + sigma_data**2).sqrt() / sigma_data
+
+
+def edm_loss(denoiser: EDMDenoiser, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None = None,
+             given: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted denoising loss E[lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2] (EDM Eq. 8).
+
+    given: bool (batch, K, 1), stems shown clean (`shown_clean`) instead of noised, and left out of the loss: the
+    prior learns p(unknown stems | given stems) as well as the joint (docs/priors.md, "Hearing the given stems").
+    """
     noise = torch.randn_like(x0) if noise is None else noise
-    denoised = denoiser(x0 + sigma[:, None, None] * noise, sigma)
-    per_item = (denoised - x0).pow(2).flatten(1).mean(1)
+    noisy = x0 + sigma[:, None, None] * noise
+    if given is not None:
+        noisy = torch.where(given, shown_clean(x0, sigma, denoiser.sigma_data), noisy)
+    error = (denoiser(noisy, sigma) - x0).pow(2)
+    if given is None:
+        per_item = error.flatten(1).mean(1)
+    else:
+        unknown = (~given).expand_as(error).to(error.dtype)
+        per_item = (error * unknown).flatten(1).sum(1) / unknown.flatten(1).sum(1).clamp_min(1)
     return (denoiser.loss_weight(sigma) * per_item).mean()
+
+
+def sample_given_stems(batch: int, stems: int, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """bool (batch, stems, 1): for `share` of the items a uniformly drawn subset of the stems, neither none nor
+    all, is given; the other items have none (they train the joint prior as before)."""
+    subset = torch.randint(1, 2**stems - 1, (batch,), generator=generator)
+    bits = (subset[:, None] >> torch.arange(stems)) & 1
+    chosen = torch.rand(batch, generator=generator) < share
+    return (bits.bool() & chosen[:, None])[:, :, None]
 
 
 def sample_training_sigma(batch: int, mean: float = -3.0, std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -54,4 +84,4 @@ def sample_training_sigma(batch: int, mean: float = -3.0, std: float = 1.0, gene
     return (mean + std * torch.randn(batch, generator=generator)).exp()
 
 
-__all__ = ["EDMDenoiser", "edm_loss", "sample_training_sigma"]
+__all__ = ["EDMDenoiser", "edm_loss", "sample_given_stems", "sample_training_sigma", "shown_clean"]

@@ -155,6 +155,11 @@ def denoiser_of(net: nn.Module, card: dict[str, Any]) -> EDMDenoiser:
     return EDMDenoiser(net, sigma_data=card.get("sigma_data", 0.2), clamp=card.get("clamp", True)).eval()
 
 
+def given_sigma_data(card: dict[str, Any]) -> float | None:
+    """The sigma_data at which a joint prior trained with given stems (`train --given-share`) hears them; else None."""
+    return card.get("sigma_data", 0.2) if (card.get("training") or {}).get("given_share") else None
+
+
 def model_kind(name_or_path: str | Path) -> str | None:
     """The kind on a model file's card (msdm, isdm, msldm, regression); ValueError for an unknown model."""
     return read_card(resolve_model(name_or_path)).get("kind")
@@ -167,7 +172,7 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu"):
         return load_msldm(resolve_model(name_or_path), device=device)
     model = load_model_file(name_or_path, device)
     if model.kind == "msdm":
-        prior = JointPrior(denoiser_of(model.net, model.card), model.stems)
+        prior = JointPrior(denoiser_of(model.net, model.card), model.stems, given_sigma_data(model.card))
     elif model.kind == "isdm":
         prior = IndependentPrior([denoiser_of(model.nets[s], model.card) for s in model.stems], model.stems)
     else:

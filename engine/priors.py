@@ -31,11 +31,16 @@ def derivative(prior: Prior, x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class JointPrior:
-    """MSDM: one denoiser over all K stems as channels, so each stem's score sees the others."""
+    """MSDM: one denoiser over all K stems as channels, so each stem's score sees the others.
 
-    def __init__(self, denoiser: Denoiser, stems: Sequence[str]):
+    given_sigma_data: set when the prior was also trained with some stems shown clean (`train --given-share`):
+    accompaniment then shows whole given stems clean at this sigma_data's scale (`denoiser.shown_clean`).
+    """
+
+    def __init__(self, denoiser: Denoiser, stems: Sequence[str], given_sigma_data: float | None = None):
         self.denoiser = denoiser
         self.stems = tuple(stems)
+        self.given_sigma_data = given_sigma_data
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:

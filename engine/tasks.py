@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from stemweave.engine.denoiser import shown_clean
 from stemweave.engine.priors import Prior, derivative
 from stemweave.engine.sampler import Callback, SamplerSettings, run_sampler, seeded_randn
 
@@ -43,13 +44,19 @@ def accompany(
     known: (batch, K, time), the given stems (anything where unknown);
     known_mask: bool, broadcastable to known: True where the audio is given.
     A mask over stems accompanies; a mask over stems and time regenerates a
-    time range (the same inpainting, in time).
+    time range (the same inpainting, in time). A prior trained to hear given
+    stems (`JointPrior.given_sigma_data`) is shown each wholly given stem clean
+    instead of noised (`shown_clean`; docs/priors.md): at high sigma the noised
+    stem says almost nothing, the clean one all it has.
     """
     randn = seeded_randn(generator)
     known_mask = known_mask.to(torch.bool).expand_as(known)
+    sigma_data = getattr(prior, "given_sigma_data", None)
+    whole = known_mask.all(dim=-1, keepdim=True) if sigma_data else torch.zeros_like(known_mask[..., :1])
 
     def with_known(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return torch.where(known_mask, known + sigma * randn(known), x)
+        x = torch.where(known_mask, known + sigma * randn(known), x)
+        return torch.where(whole, shown_clean(known, sigma, sigma_data), x) if sigma_data else x
 
     x = settings.sigma_max * randn(known)
     x = run_sampler(settings, lambda x, sigma: derivative(prior, with_known(x, sigma), sigma), x, randn=randn, callback=callback)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stemweave.engine.checkpoints import atomic_torch_save, save_model
-from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_training_sigma
+from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_given_stems, sample_training_sigma
 from stemweave.engine.metrics import si_sdr
 from stemweave.engine.models import MODEL_DIR, RegressionSeparator, load_model_file
 from stemweave.engine.steps import RunState, Schedule, descend, run_steps
@@ -72,6 +72,7 @@ class TrainSettings:
     resume: str = "auto"  # "auto" (last checkpoint if any), "never", or a checkpoint path
     init_from: str | None = None  # a model file (shipped name or path) whose weights and network start a new run
     remix: float = 0.0  # regression only: this share of windows takes each stem from its own song (the Demucs remix)
+    given_share: float = 0.0  # MSDM only: this share of windows shows a random subset of stems clean (`edm_loss`)
     data: tuple[str, ...] = ()
     valid: tuple[str, ...] = ()
     progress: bool = True
@@ -152,8 +153,10 @@ def pick_device(name: str) -> torch.device:
 class Objective(nn.Module):
     """Wraps the U-Net with its loss: `loss(batch)` for training, `validate(batches)` for the EMA copy."""
 
-    def __init__(self, net: UNet1d, objective: str, config: dict[str, Any], stems: Sequence[str] | None = None):
+    def __init__(self, net: UNet1d, objective: str, config: dict[str, Any], stems: Sequence[str] | None = None,
+                 given_share: float = 0.0):
         super().__init__()
+        self.given_share = given_share
         self.net = net
         self.objective = objective
         self.stems = tuple(stems) if stems else tuple(str(k) for k in range(net.out_channels))
@@ -173,7 +176,10 @@ class Objective(nn.Module):
         if self.objective == "diffusion":
             sigma = sample_training_sigma(stems.shape[0], self.sigma_mean, self.sigma_std, generator).to(stems.device)
             noise = torch.randn(stems.shape, generator=generator).to(stems.device)
-            return edm_loss(self.denoiser, stems, sigma, noise)
+            given = None
+            if self.given_share:
+                given = sample_given_stems(stems.shape[0], stems.shape[1], self.given_share, generator).to(stems.device)
+            return edm_loss(self.denoiser, stems, sigma, noise, given)
         mixture = stems.sum(dim=1, keepdim=True)  # (batch, 1, time)
         return F.l1_loss(self.separator(mixture), stems)
 
@@ -276,6 +282,9 @@ def train(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {settings.objective!r}")
     if settings.remix and (settings.objective != "regression" or not 0 < settings.remix <= 1):
         raise ValueError("--remix P (0 < P <= 1) is for --objective regression: a joint prior needs stems that play together")
+    if settings.given_share and (settings.kind() != "msdm" or len(settings.stems) < 2 or not 0 < settings.given_share <= 1):
+        raise ValueError("--given-share P (0 < P <= 1) is for a joint prior (MSDM, two stems or more): it shows some "
+                         "stems clean so the prior learns to hear them")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
@@ -299,7 +308,7 @@ def train(
     if init_weights is not None:
         net.load_state_dict(init_weights)
         log(f"started from the weights of {settings.init_from} ({ledger[-1].get('total_steps')} steps before this run)")
-    model = Objective(net, settings.objective, config, stems).to(device)
+    model = Objective(net, settings.objective, config, stems, given_share=settings.given_share).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
     generator = torch.Generator().manual_seed(settings.seed + 1 + 1000 * rank)  # sigma and noise draws, per rank
@@ -464,6 +473,7 @@ def export_model(
         "ema_decay": config["train"]["ema_decay"],
         "seed": saved.get("seed"),
         "weights": "ema",
+        "given_share": saved.get("given_share") or 0.0,  # > 0: the prior hears given stems clean (priors.JointPrior)
     }
     card_metrics = {"validation": state.get("last_validation") or {}}
     card_metrics.update(metrics or {})

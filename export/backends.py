@@ -457,7 +457,7 @@ def load_prior_with_backend(
 ) -> JointPrior | IndependentPrior:
     """A prior model whose denoisers run on `backend`; see the module docstring for the contract."""
     from stemweave.engine.checkpoints import read_card
-    from stemweave.engine.models import load_prior, resolve_model
+    from stemweave.engine.models import given_sigma_data, load_prior, resolve_model
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -502,7 +502,7 @@ def load_prior_with_backend(
             torch.set_num_threads(threads)
             denoisers[key] = TorchScriptDenoiser(folder / filename, stride=stride, channels=channels, device=device)
     stems = card["stems"]
-    prior = (JointPrior(denoisers[""], stems) if card["kind"] == "msdm"
+    prior = (JointPrior(denoisers[""], stems, given_sigma_data(card)) if card["kind"] == "msdm"
              else IndependentPrior([denoisers[s] for s in stems], stems))
     prior.card, prior.stride, prior.device = card, stride, device
     first = next(iter(denoisers.values()))

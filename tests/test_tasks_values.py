@@ -60,6 +60,24 @@ def test_accompany_starts_at_noise_and_shows_the_known_stems_noised_by_the_next_
         assert torch.equal(as_other, as_bool)
 
 
+def test_a_prior_that_hears_given_stems_is_shown_whole_given_stems_clean_and_partial_ones_noised(independent_prior):
+    """`JointPrior.given_sigma_data` set: a stem given over the whole window enters as known * sqrt(sigma^2 + sd^2)
+    / sd (so c_in(sigma) x = known / sd, as in training), one given over part of it as before (Sec. 4.2.2)."""
+    spy = Spy(independent_prior)
+    spy.given_sigma_data = 0.2
+    known = independent_prior.sample(1, seeded(1))
+    mask = torch.zeros(1, 4, known.shape[-1], dtype=torch.bool)
+    mask[:, 1] = True  # drums given
+    mask[:, 3, :100] = True  # the start of the piano known (a continuation window)
+    out = tasks.accompany(spy, known, mask, ONE_STEP, generator=seeded(6))
+    (x, _), = spy.seen
+    start, known_noise = noise(6, known.shape, draws=2)
+    torch.testing.assert_close(x[:, 1], known[:, 1] * (0.7**2 + 0.2**2) ** 0.5 / 0.2)
+    torch.testing.assert_close(x[:, 3, :100], known[:, 3, :100] + 0.7 * known_noise[:, 3, :100])
+    torch.testing.assert_close(x[:, [0, 2]], 0.7 * start[:, [0, 2]])
+    assert torch.equal(out[mask], known[mask])
+
+
 @pytest.mark.parametrize("warm", [False, True])
 def test_gaussian_separation_starts_at_the_first_estimate_plus_noise(independent_prior, warm):
     spy = Spy(independent_prior)

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--remix", type=float, default=0.0, metavar="P",
                    help="regression only: remix this share of training windows, each stem from another song at a random "
                         "offset (the Demucs recipe; docs/separation.md)")
+    p.add_argument("--given-share", type=float, default=0.0, metavar="P",
+                   help="MSDM only: show this share of training windows a random subset of the stems clean, so the "
+                        "prior learns to hear given stems (accompaniment; docs/priors.md); keep it when continuing")
     p.add_argument("--resume", default="auto", help="auto (default: the run's last checkpoint if any), never, or a path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (leave cores for a DAW)")
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
         valid_every=args.valid_every, valid_windows=args.valid_windows, log_every=args.log_every, seed=args.seed,
         threads=args.threads, device=args.device, workers=args.workers, resume=args.resume,
-        init_from=args.init_from, remix=args.remix,
+        init_from=args.init_from, remix=args.remix, given_share=args.given_share,
         data=tuple(map(str, args.data)), valid=tuple(map(str, args.valid)), progress=not args.no_progress,
     )
     if not export_only:
