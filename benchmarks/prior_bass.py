@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--songs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=0, help="one seed for every song")
+    p.add_argument("--given", choices=("card", "noised", "clean"), default="card",
+                   help="how the drums are shown to the prior: as its card says (clean if it was trained with "
+                        "--given-share), noised (MSDM Sec. 4.2.2) or clean")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if not args.data.is_dir():
@@ -52,6 +55,8 @@ def main(argv=None) -> int:
         print("error: --songs must be at least 2 (the correlation compares songs)", file=sys.stderr)
         return 2
     model, _ = api.load_task_model(args.model, "accompany", "cpu")
+    if args.given != "card":
+        model.given_sigma_data = model.card.get("sigma_data", 0.2) if args.given == "clean" else None
     rate = int(model.card["rate"])
     frames = int(args.seconds * rate)
     rows, basses = [], []
@@ -84,10 +89,12 @@ def main(argv=None) -> int:
     pairs = correlations(basses)
     mean = {side: {k: float(np.mean([r[side][k] for r in rows])) for k in rows[0][side]} for side in ("sampled", "real")}
     report = {"model": args.model, "preset": args.preset, "seed": args.seed, "seconds": args.seconds,
+              "given": "clean" if getattr(model, "given_sigma_data", None) else "noised",
               "songs": [r["track"] for r in rows], "mean": mean, "rows": rows,
               "correlation_across_drums": {"mean": float(np.mean(pairs)), "min": min(pairs), "max": max(pairs)},
               "machine": f"{os.uname().machine} {os.cpu_count()} cores", "command": " ".join(sys.argv)}
-    print(f"\n{args.model} ({args.preset}, seed {args.seed}, {len(rows)} songs x {args.seconds:g} s)")
+    print(f"\n{args.model} ({args.preset}, drums shown {report['given']}, seed {args.seed}, {len(rows)} songs x "
+          f"{args.seconds:g} s)")
     print(f"{'measure':28s} {'sampled':>10s} {'real bass':>10s}")
     for key, label in (("low_share", "energy share < 400 Hz"), ("flatness", "spectral flatness"),
                        ("locked", "onsets within 50 ms of drums"), ("dbfs", "level (dBFS)")):

@@ -511,7 +511,7 @@ class _Job:
             if name in known_stems:
                 n = min(length, known_stems[name].shape[-1])
                 known[k, :n] = known_stems[name][:n]
-                mask[k, :n] = True
+                mask[k, :] = True  # past the region's end too: the given stem is silent there, and wholly given
                 if model_range is not None and name in wanted:
                     mask[k, model_range[0] : model_range[1]] = False
         first, last = 0, plan.count - 1

@@ -471,6 +471,9 @@ def test_an_accompaniment_shows_the_prior_the_mid_of_the_given_stems(monkeypatch
     first = calls[0]
     np.testing.assert_allclose(first["known"][1, :200], drums.mean(0), atol=1e-7)
     assert first["mask"][1, :200].all() and not first["mask"][[0, 2, 3]].any()
+    # past the region's end the given drums are known silence: every window has them whole (a prior trained with
+    # --given-share hears only wholly given stems clean)
+    assert all(c["mask"][1].all() for c in calls) and not first["known"][1, 200:].any()
     with pytest.raises(ValueError, match="given stem 'drums' contains NaN"):
         run_region("accompany", analytic_prior(), None, 4000, fast("accompany"),
                    given={"drums": np.full((1, 10), np.nan, np.float32)})
