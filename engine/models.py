@@ -14,6 +14,7 @@ mixture model, loaded by engine/gmsdi/train.load_gmsdi).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -228,8 +229,12 @@ def load_msldm(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
                        latent_scale=card.get("latent_scale", 1.0), card=card)
 
 
-def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: bool = False) -> tuple[Path, Path]:
-    """Merge one-stem isdm model files (one per `stemweave train --stem S` run) into one isdm model file."""
+def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: bool = False,
+                 previous: str | Path | None = None) -> tuple[Path, Path]:
+    """Merge one-stem isdm model files (one per `stemweave train --stem S` run) into one isdm model file.
+
+    previous: the merged file this one replaces (a name or path): its ledger goes on, and the new entry counts
+    the steps and CPU-hours added since it."""
     models = [load_model_file(p, "cpu") for p in parts]
     nets, training, metrics = {}, {}, {}
     for model in models:
@@ -243,13 +248,23 @@ def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: 
             metrics[stem] = model.card.get("metrics", {})
     card = models[0].card
     config = {k: card[k] for k in ("rate", "window", "sigma_data", "clamp")} | {"name": card["config"].get("name")}
-    # one ledger entry for the merged file (issue 19): the stems' steps and CPU-hours, added up
+    # one ledger entry per merged version (issue 19): the stems' steps and CPU-hours, added up, after the
+    # previous version's entries
+    ledger = list(((read_card(resolve_model(previous)).get("training") or {}).get("ledger") or [])) if previous else []
     steps = {stem: int(t.get("total_steps") or t.get("steps") or 0) for stem, t in training.items()}
-    seconds = sum(float(t.get("train_seconds") or 0.0) for t in training.values())
-    entry = {"name": name, "steps": sum(steps.values()), "total_steps": sum(steps.values()),
-             "cpu_hours": round(seconds / 3600, 2), "per_stem_steps": steps, "metrics": {"per_stem": metrics}}
+    hours = sum(sum(float(e.get("cpu_hours") or 0.0) for e in t.get("ledger") or [])
+                or float(t.get("train_seconds") or 0.0) / 3600 for t in training.values())
+    before = (ledger[-1].get("total_steps") or 0) if ledger else 0
+    hours_before = sum(float(e.get("cpu_hours") or 0.0) for e in ledger)
+    entry = {"name": name, "steps": sum(steps.values()) - before, "total_steps": sum(steps.values()),
+             "cpu_hours": round(hours - hours_before, 3), "per_stem_steps": steps, "metrics": {"per_stem": metrics},
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if entry["steps"] < 0:
+        raise ValueError(f"the merged stems have {entry['total_steps']} steps, fewer than the {before} of {previous}: "
+                         "continue each stem from it (train --stem S --init-from it)")
+    ledger.append(entry)
     return save_model(out, nets, name=name, kind="isdm", stems=list(nets), config=config,
-                      training={"per_stem": training, "ledger": [entry], "total_steps": entry["total_steps"]},
+                      training={"per_stem": training, "ledger": ledger, "total_steps": entry["total_steps"]},
                       metrics={"per_stem": metrics}, fp16=fp16)
 
 

@@ -69,6 +69,15 @@ def test_an_isdm_stem_continues_from_a_merged_isdm_file_with_its_own_ledger(tmp_
     assert set(again) == {k for k in drums if k.startswith("drums.")}  # the drums net, not the bass one
     assert all(torch.equal(drums[k], v) for k, v in again.items())
     assert [(e["steps"], e["total_steps"]) for e in read_card(card)["training"]["ledger"]] == [(2, 2), (3, 5)]
+    # merged again with the continued drums: the ledger goes on, the new entry counts the drums' 3 new steps
+    _, again_merged = combine_isdm([parts[0], card], tmp_path / "models", "isdm-both-2", previous=merged)
+    ledger = read_card(again_merged)["training"]["ledger"]
+    assert [(e["steps"], e["total_steps"]) for e in ledger] == [(6, 6), (3, 9)]
+    assert ledger[1]["per_stem_steps"] == {"bass": 4, "drums": 5}
+    drums_hours = sum(e["cpu_hours"] for e in read_card(card)["training"]["ledger"])
+    assert ledger[1]["cpu_hours"] == pytest.approx(drums_hours - read_card(parts[1])["training"]["ledger"][0]["cpu_hours"], abs=2e-3)
+    with pytest.raises(ValueError, match="fewer than the 9 of"):
+        combine_isdm(parts, tmp_path / "models", "isdm-both-3", previous=again_merged)
     with pytest.raises(ValueError, match="no 'guitar' prior"):
         train(settings(tmp_path / "g", stem="guitar", init_from=str(merged), steps=1),
               dataset=SyntheticStems(0, stems=("guitar",)))

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                    help="start a new run from a model file's weights (a shipped name or a path): its network, rate, "
                         "window and sigma_data replace --config's, whose [train] settings still apply; the exported "
                         "card continues its training ledger (steps, CPU-hours, metrics per version); with --stem, that stem's "
-                        "prior out of an isdm file (one stem's or the merged isdm-cpu-tiny)")
+                        "prior out of an isdm file (one stem's or the merged isdm-cpu-tiny); with --combine-isdm, the "
+                        "merged file being replaced, whose ledger the new one continues")
     p.add_argument("--remix", type=float, default=0.0, metavar="P",
                    help="regression only: remix this share of training windows, each stem from another song at a random "
                         "offset (the Demucs recipe; docs/separation.md)")
@@ -110,7 +111,8 @@ def combine(args: argparse.Namespace) -> int:
         raise UserError("--combine-isdm needs --export-model NAME for the merged model")
     parts = [p.strip() for p in args.combine_isdm.split(",") if p.strip()]
     try:
-        weights, card = combine_isdm(parts, args.export_dir or MODEL_DIR, args.export_model, fp16=args.fp16)
+        weights, card = combine_isdm(parts, args.export_dir or MODEL_DIR, args.export_model, fp16=args.fp16,
+                                     previous=args.init_from)
     except (ValueError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
     print(f"combined {len(parts)} ISDM models: {weights} + {card.name}")
