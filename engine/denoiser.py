@@ -44,10 +44,9 @@ class EDMDenoiser(nn.Module):
 def shown_clean(clean: torch.Tensor, sigma: torch.Tensor | float, sigma_data: float) -> torch.Tensor:
     """A clean stem scaled so that c_in(sigma) x, the network's input, is clean / sigma_data at every sigma: how a
     prior trained with given stems (`edm_loss(..., given=...)`) hears them, through the unchanged D(x, sigma)."""
-    sigma = torch.as_tensor(sigma, dtype=clean.dtype, device=clean.device)
-    if sigma.ndim:
+    if torch.is_tensor(sigma) and sigma.ndim:  # one sigma per item
         sigma = sigma.reshape(-1, *([1] * (clean.ndim - 1)))
-    return clean * (sigma**2 + sigma_data**2).sqrt() / sigma_data
+    return clean * (sigma**2 + sigma_data**2) ** 0.5 / sigma_data
 
 
 def edm_loss(denoiser: EDMDenoiser, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None = None,
@@ -65,7 +64,7 @@ def edm_loss(denoiser: EDMDenoiser, x0: torch.Tensor, sigma: torch.Tensor, noise
     if given is None:
         per_item = error.flatten(1).mean(1)
     else:
-        unknown = (~given).expand_as(error).to(error.dtype)
+        unknown = (~given).expand_as(error)
         per_item = (error * unknown).flatten(1).sum(1) / unknown.flatten(1).sum(1).clamp_min(1)
     return (denoiser.loss_weight(sigma) * per_item).mean()
 

@@ -23,6 +23,9 @@ def test_a_share_of_the_items_gets_a_uniform_subset_of_the_stems_never_none_nor_
     subsets = torch.unique(given[count > 0].long() @ torch.tensor([1, 2, 4, 8]), return_counts=True)[1]
     assert len(subsets) == 14 and subsets.max() < 1.2 * subsets.min()  # the 14 proper subsets, equally often
     assert not sample_given_stems(100, 4, 0.0).any()
+    same, other = (sample_given_stems(64, 4, 0.5, torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert torch.equal(same, sample_given_stems(64, 4, 0.5, torch.Generator().manual_seed(0)))  # the seed decides
+    assert not torch.equal(same, other)
 
 
 class Recording(torch.nn.Module):
