@@ -28,6 +28,13 @@ def test_a_share_of_the_items_gets_a_uniform_subset_of_the_stems_never_none_nor_
     assert not torch.equal(same, other)
 
 
+def test_shown_clean_takes_one_sigma_or_one_per_item():
+    clean = torch.randn(2, 3, 8, dtype=torch.float64)
+    torch.testing.assert_close(shown_clean(clean, 0.3, 0.05), clean * (0.09 + 0.0025) ** 0.5 / 0.05)
+    per_item = shown_clean(clean, torch.tensor([0.3, 2.0], dtype=torch.float64), 0.05)
+    torch.testing.assert_close(per_item[1], clean[1] * (4.0 + 0.0025) ** 0.5 / 0.05)
+
+
 class Recording(torch.nn.Module):
     """A network that records its input and returns a fixed answer."""
 
