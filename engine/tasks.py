@@ -52,7 +52,7 @@ def accompany(
     randn = seeded_randn(generator)
     known_mask = known_mask.to(torch.bool).expand_as(known)
     sigma_data = getattr(prior, "given_sigma_data", None)
-    whole = known_mask.all(dim=-1, keepdim=True) if sigma_data else torch.zeros_like(known_mask[..., :1])
+    whole = known_mask.all(dim=-1, keepdim=True)  # the stems given over the whole window
 
     def with_known(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x = torch.where(known_mask, known + sigma * randn(known), x)
