@@ -15,24 +15,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from stemweave.engine import models
 from stemweave.engine.denoiser import shown_clean
+from stemweave.engine.evaluate import test_tracks
 
 SIGMAS = (0.05, 0.2, 0.5, 1.0)
 
 
-def windows(data: Path, length: int, songs: int) -> torch.Tensor:
-    """(N, 4, length) windows at 2 and 6 window lengths into each song."""
-    found = []
-    for track in sorted(t for t in data.iterdir() if (t / "stems").is_dir())[:songs]:
-        stems = [sf.read(track / "stems" / f"S{k:02d}.flac", dtype="float32", always_2d=True)[0].mean(1) for k in range(4)]
-        for start in (2 * length, 6 * length):
-            if start + length <= min(len(s) for s in stems):
-                found.append(np.stack([s[start : start + length] for s in stems]))
-    return torch.from_numpy(np.stack(found))
+def windows(data: Path, card: dict, songs: int) -> torch.Tensor:
+    """(N, K, window): the 3rd and 7th model window of each of the first `songs` test songs."""
+    length = card["window"]
+    found = [audio[:, start : start + length]
+             for _, audio in test_tracks(str(data), length, tuple(card["stems"]), card["rate"], songs)
+             for start in (2 * length, 6 * length) if start + length <= audio.shape[-1]]
+    return torch.from_numpy(np.stack(found)).float()
 
 
 def main(argv=None) -> int:
@@ -49,7 +47,7 @@ def main(argv=None) -> int:
     report = {}
     for name in args.models:
         prior = models.load_prior(name)
-        x0 = windows(args.data, prior.card["window"], args.songs)
+        x0 = windows(args.data, prior.card, args.songs)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
         rows = {}
         for sigma in SIGMAS:

@@ -229,6 +229,10 @@ def load_msldm(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
                        latent_scale=card.get("latent_scale", 1.0), card=card)
 
 
+def _ledger_hours(ledger: list) -> float:
+    return sum(float(entry.get("cpu_hours") or 0.0) for entry in ledger)
+
+
 def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: bool = False,
                  previous: str | Path | None = None) -> tuple[Path, Path]:
     """Merge one-stem isdm model files (one per `stemweave train --stem S` run) into one isdm model file.
@@ -252,10 +256,10 @@ def combine_isdm(parts: Sequence[str | Path], out: str | Path, name: str, fp16: 
     # previous version's entries
     ledger = list(((read_card(resolve_model(previous)).get("training") or {}).get("ledger") or [])) if previous else []
     steps = {stem: int(t.get("total_steps") or t.get("steps") or 0) for stem, t in training.items()}
-    hours = sum(sum(float(e.get("cpu_hours") or 0.0) for e in t.get("ledger") or [])
-                or float(t.get("train_seconds") or 0.0) / 3600 for t in training.values())
+    hours = sum(_ledger_hours(t.get("ledger") or []) or float(t.get("train_seconds") or 0.0) / 3600
+                for t in training.values())
     before = (ledger[-1].get("total_steps") or 0) if ledger else 0
-    hours_before = sum(float(e.get("cpu_hours") or 0.0) for e in ledger)
+    hours_before = _ledger_hours(ledger)
     entry = {"name": name, "steps": sum(steps.values()) - before, "total_steps": sum(steps.values()),
              "cpu_hours": round(hours - hours_before, 3), "per_stem_steps": steps, "metrics": {"per_stem": metrics},
              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
