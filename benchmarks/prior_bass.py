@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import soundfile as sf
 
 from stemweave import api
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--given", choices=("card", "noised", "clean"), default="card",
                    help="how the drums are shown to the prior: as its card says (clean if it was trained with "
                         "--given-share), noised (MSDM Sec. 4.2.2) or clean")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="the preset's guidance towards the drums (a prior trained with --given-share; default: the preset's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if not args.data.is_dir():
@@ -54,6 +58,8 @@ def main(argv=None) -> int:
     if args.songs < 2:
         print("error: --songs must be at least 2 (the correlation compares songs)", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, _ = api.load_task_model(args.model, "accompany", "cpu")
     if args.given != "card":
         model.given_sigma_data = model.card.get("sigma_data", 0.2) if args.given == "clean" else None
@@ -73,7 +79,7 @@ def main(argv=None) -> int:
             continue
         started = time.perf_counter()
         out = api.accompany({"drums": stems["drums"][None]}, generate=["bass"], rate=rate, model=model,
-                            preset=args.preset, seed=args.seed)
+                            preset=args.preset, seed=args.seed, overrides={"guidance": args.guidance})
         bass = np.asarray(out["bass"], np.float64).reshape(-1, frames).mean(0)
         row = {"track": track.name, "seconds_to_sample": time.perf_counter() - started,
                "sampled": measure.bass_under_drums(bass, stems["drums"], rate),
@@ -88,12 +94,13 @@ def main(argv=None) -> int:
         return 2
     pairs = correlations(basses)
     mean = {side: {k: float(np.mean([r[side][k] for r in rows])) for k in rows[0][side]} for side in ("sampled", "real")}
-    report = {"model": args.model, "preset": args.preset, "seed": args.seed, "seconds": args.seconds,
+    report = {"model": args.model, "preset": args.preset, "guidance": args.guidance, "seed": args.seed,
+              "seconds": args.seconds,
               "given": "clean" if getattr(model, "given_sigma_data", None) else "noised",
               "songs": [r["track"] for r in rows], "mean": mean, "rows": rows,
               "correlation_across_drums": {"mean": float(np.mean(pairs)), "min": min(pairs), "max": max(pairs)},
               "machine": f"{os.uname().machine} {os.cpu_count()} cores", "command": " ".join(sys.argv)}
-    print(f"\n{args.model} ({args.preset}, drums shown {report['given']}, seed {args.seed}, {len(rows)} songs x "
+    print(f"\n{args.model} ({args.preset}, guidance {args.guidance}, drums shown {report['given']}, seed {args.seed}, {len(rows)} songs x "
           f"{args.seconds:g} s)")
     print(f"{'measure':28s} {'sampled':>10s} {'real bass':>10s}")
     for key, label in (("low_share", "energy share < 400 Hz"), ("flatness", "spectral flatness"),

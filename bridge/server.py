@@ -51,7 +51,8 @@ ANALYTIC_MODEL = "analytic"  # the built-in closed-form example prior: runs with
 SAMPLER_PARAMS = {"steps": (int, 1, 20_000), "sigma_min": (float, 0.0, 1e3), "sigma_max": (float, 0.0, 1e4),
                   "rho": (float, 0.1, 100.0), "s_churn": (float, 0.0, 1e3), "resamples": (int, 0, 64),
                   "method": (str, None, None)}
-OPTION_PARAMS = {"likelihood": (str, None, None), "constrained": (str, None, None), "gamma": (float, 0.0, 1e6)}
+OPTION_PARAMS = {"likelihood": (str, None, None), "constrained": (str, None, None), "gamma": (float, 0.0, 1e6),
+                 "guidance": (float, 0.0, 100.0)}
 REGION_PARAMS = {"stems": (list, None, None), "channel_mode": (str, None, None), "overlap": (float, 0.0, 0.95),
                  "frames": (int, 1, 1 << 31), "seconds": (float, 0.0, 1e7), "channels": (int, 1, 2),
                  "loop_frames": (int, 1, 1 << 31), "regenerate": (list, None, None), "window_shape": (str, None, None),

@@ -237,7 +237,8 @@ def evaluate_generation(
             if bool(unknown.all()):
                 out = generate(prior, len(given), given.shape[-1], preset.sampler, generator=generator)
             else:
-                out = accompany(prior, given, ~unknown[None, :, None], preset.sampler, generator=generator)
+                out = accompany(prior, given, ~unknown[None, :, None], preset.sampler,
+                                guidance=preset.options.get("guidance", 0.0), generator=generator)
             outputs.append(out.cpu().numpy())
         result = np.concatenate(outputs)
         index = [stems.index(s) for s in subset]

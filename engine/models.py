@@ -87,10 +87,14 @@ class RegressionSeparator(nn.Module):
     STEM_PEAK_BOUND times the window's mixture peak (real stems reach 1.31x, 99.9th pct 1.2x, on 1.5 s
     training windows), so a returned stem never exceeds (2 * STEM_PEAK_BOUND + 1 / K) times it (3.25x, +10.2 dB).
     `level_normalise=False` (or the card's "level_normalise": false) runs the network on the raw window.
+
+    Polarity: the stems of -y are minus the stems of y, but a trained network is not exactly odd. With
+    `polarity_average` (the card's "polarity_average": true) it runs on y and -y and keeps the odd part,
+    (net(y) - net(-y)) / 2, which drops the network's even error: twice the compute (docs/separation.md).
     """
 
     def __init__(self, net: nn.Module, stems: Sequence[str], card: dict[str, Any] | None = None,
-                 level_normalise: bool | None = None):
+                 level_normalise: bool | None = None, polarity_average: bool | None = None):
         super().__init__()
         if net.in_channels != 1 or net.out_channels != len(stems):
             raise ValueError(f"a regression separator maps 1 channel to {len(stems)} stems; the network maps "
@@ -100,6 +104,8 @@ class RegressionSeparator(nn.Module):
         self.card = dict(card or {})
         self.level_normalise = bool(self.card.get("level_normalise", True) if level_normalise is None
                                     else level_normalise)
+        self.polarity_average = bool(self.card.get("polarity_average", False) if polarity_average is None
+                                     else polarity_average)
 
     @property
     def stride(self) -> int:
@@ -117,15 +123,21 @@ class RegressionSeparator(nn.Module):
         if mixture.dim() != 3 or mixture.shape[1] != 1:
             raise ValueError(f"expected a mono mixture (batch, 1, time), got {tuple(mixture.shape)}")
         if not self.level_normalise:
-            return project_to_mixture(self.net(mixture), mixture)  # (batch, K, time)
+            return project_to_mixture(self._odd(mixture), mixture)  # (batch, K, time)
         peak = mixture.detach().abs().amax(dim=-1, keepdim=True)  # (batch, 1, 1)
         # RMS, floored at peak / MAX_CREST so one click in a silent window is not blown up past training peaks
         level = torch.maximum(mixture.detach().pow(2).mean(dim=-1, keepdim=True).sqrt(), peak / MAX_CREST)
         scale = level / LEVEL_REFERENCE_RMS  # exactly 0 for a silent window, so its stems are exactly 0
-        stems = self.net(mixture / torch.where(scale > 0, scale, torch.ones_like(scale))) * scale
+        stems = self._odd(mixture / torch.where(scale > 0, scale, torch.ones_like(scale))) * scale
         bound = STEM_PEAK_BOUND * peak
         stems = torch.maximum(torch.minimum(stems, bound), -bound)
         return project_to_mixture(stems, mixture)  # (batch, K, time)
+
+    def _odd(self, mixture: torch.Tensor) -> torch.Tensor:
+        if not self.polarity_average:
+            return self.net(mixture)
+        both = self.net(torch.cat([mixture, -mixture]))
+        return (both[: len(mixture)] - both[len(mixture) :]) / 2
 
 
 # The window level the separators were trained at: the median RMS of 1.5 s mixture windows of data/train

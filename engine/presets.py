@@ -13,7 +13,7 @@ from stemweave.engine.sampler import SamplerSettings
 TASKS = ("separate", "accompany", "generate")
 TASK_OPTIONS = {  # what each task accepts in a preset's [options] table, with its type
     "separate": {"likelihood": str, "constrained": str, "gamma": float, "warm_start": bool},
-    "accompany": {},
+    "accompany": {"guidance": float},
     "generate": {},
 }
 LIKELIHOODS = ("dirac", "gaussian")
@@ -82,5 +82,7 @@ def _check_options(name: str, task: str, options: dict) -> None:
             raise ValueError(f"preset {name!r}: {key!r} is not a setting of {task} (known: {known})")
         if not isinstance(value, allowed[key]) and not (allowed[key] is float and isinstance(value, int)):
             raise ValueError(f"preset {name!r}: {key} must be a {allowed[key].__name__}, got {value!r}")
+    if options.get("guidance", 0.0) < 0:
+        raise ValueError(f"preset {name!r}: guidance must be 0 or more, got {options['guidance']!r}")
     if options.get("likelihood", "dirac") not in LIKELIHOODS:
         raise ValueError(f"preset {name!r}: likelihood must be one of {', '.join(LIKELIHOODS)}")

@@ -559,6 +559,7 @@ class _Job:
             torch.from_numpy(np.ascontiguousarray(known))[None].to(self.info.device),
             torch.from_numpy(mask)[None].to(self.info.device),
             self.preset.sampler,
+            guidance=self.preset.options.get("guidance", 0.0),
             generator=generator,
             callback=self.progress.sampler_callback(1),
         )

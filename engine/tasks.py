@@ -36,6 +36,7 @@ def accompany(
     known_mask: torch.Tensor,
     settings: SamplerSettings,
     *,
+    guidance: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
@@ -48,18 +49,31 @@ def accompany(
     stems (`JointPrior.given_sigma_data`) is shown each wholly given stem clean
     instead of noised (`shown_clean`; docs/priors.md): at high sigma the noised
     stem says almost nothing, the clean one all it has.
+
+    guidance w (such a prior only): D_w = D(clean view) + w (D(clean view) - D(noised view)), classifier-free
+    guidance (Ho & Salimans 2022, Eq. 6) between the prior that hears the given stems and the one that barely
+    does; it costs a second evaluation per step and fades as sigma falls and the two views agree.
     """
     randn = seeded_randn(generator)
     known_mask = known_mask.to(torch.bool).expand_as(known)
     sigma_data = getattr(prior, "given_sigma_data", None)
     whole = known_mask.all(dim=-1, keepdim=True)  # the stems given over the whole window
+    hears_clean = bool(sigma_data) and bool(whole.any())
 
-    def with_known(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        x = torch.where(known_mask, known + sigma * randn(known), x)
-        return torch.where(whole, shown_clean(known, sigma, sigma_data), x) if sigma_data else x
+    def noised_view(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return torch.where(known_mask, known + sigma * randn(known), x)
+
+    def direction(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        noised = noised_view(x, sigma)
+        if not hears_clean:
+            return derivative(prior, noised, sigma)
+        heard = derivative(prior, torch.where(whole, shown_clean(known, sigma, sigma_data), noised), sigma)
+        if not guidance:
+            return heard
+        return heard + guidance * (heard - derivative(prior, noised, sigma))  # D enters the derivative linearly
 
     x = settings.sigma_max * randn(known)
-    x = run_sampler(settings, lambda x, sigma: derivative(prior, with_known(x, sigma), sigma), x, randn=randn, callback=callback)
+    x = run_sampler(settings, direction, x, randn=randn, callback=callback)
     return torch.where(known_mask, known, x)
 
 

@@ -210,6 +210,8 @@ def test_requests_the_server_cannot_run_get_clear_errors(client):
         (dict(model="toy", warp=3), "bad-request"),  # unknown parameter
         (dict(model="toy", steps="many"), "bad-request"),
         (dict(model="toy", method="rk4"), "bad-request"),  # not a sampler the engine has
+        (dict(model="toy", guidance=1.0), "bad-request"),  # an accompaniment option, not separation's
+        (dict(model="toy", preset="accompany-fast", guidance=-1.0), "bad-request"),  # out of range
         (dict(model="toy", stems=["kazoo"]), "bad-request"),  # run_region refuses it: the job fails cleanly
         (dict(model="broken"), "failed"),  # a job that raises
     ]

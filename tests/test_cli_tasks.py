@@ -95,6 +95,9 @@ def _bad(tmp_path, kind):
         return args + ["--format", "flac", "--bit-depth", "32f"], "FLAC"
     if kind == "stems":
         return args + ["--stems", "vocals"], "vocals"
+    if kind == "guidance":
+        return ["accompany", str(song), "--given", "drums", "--generate", "bass", "--guidance", "-1",
+                "-o", str(tmp_path / "out"), *FAST], "guidance must be 0 or more"
     if kind == "overwrite":
         (tmp_path / "song_bass.wav").write_bytes(song.read_bytes())  # would be the output for bass
         return ["accompany", str(song), str(tmp_path / "song_bass.wav"), "--given", "drums,bass", "--generate", "bass",
@@ -103,7 +106,7 @@ def _bad(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "empty", "nan", "surround", "rate", "unwritable", "flac32",
-                                  "stems", "overwrite"])
+                                  "stems", "guidance", "overwrite"])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, prior, capsys, kind):
     args, message = _bad(tmp_path, kind)
     before = sorted(p.name for p in tmp_path.iterdir())

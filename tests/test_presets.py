@@ -22,6 +22,9 @@ def test_overrides_replace_sampler_settings_and_options():
     assert preset.sampler.steps == 10 and preset.sampler.s_churn == 20.0 and preset.options["constrained"] == "drums"
     with pytest.raises(ValueError, match="not a setting"):
         load_preset("generate").with_overrides(gamma=1.0)
+    assert load_preset("accompany-fast").with_overrides(guidance=3).options["guidance"] == 3
+    with pytest.raises(ValueError, match="guidance must be 0 or more"):
+        load_preset("accompany-fast").with_overrides(guidance=-0.5)
 
 
 def test_a_preset_file_by_path(tmp_path):
@@ -38,6 +41,9 @@ def test_a_preset_file_by_path(tmp_path):
         ('task = "separate"\n[sampler]\nstep = 3', "sampler"),
         ('task = "separate"\n[sampler]\nsteps = 0', "steps"),
         ('task = "separate"\n[options]\nlikelihood = "laplace"', "likelihood"),
+        ('task = "accompany"\n[options]\nguidance = -1', "guidance must be 0 or more"),
+        ('task = "accompany"\n[options]\nguidance = "strong"', "guidance must be a float"),
+        ('task = "generate"\n[options]\nguidance = 1.0', "not a setting of generate"),
         ("task = ", "TOML"),
     ],
 )

@@ -197,3 +197,24 @@ def test_bad_rate_and_stems_are_refused():
         run_region("separate", analytic_prior(), audio, 10, fast("separate"))
     with pytest.raises(ValueError, match="vocals"):
         run_region("separate", analytic_prior(), audio, 4000, fast("separate"), stems=["vocals"])
+
+
+def test_accompaniment_hands_the_presets_guidance_to_the_sampler():
+    """A prior that hears given stems clean is evaluated twice per step under a guided preset (tasks.accompany),
+    once otherwise; a guided preset changes nothing for a prior that only hears them noised."""
+    drums = (0.2 * np.random.default_rng(4).standard_normal((1, 600))).astype(np.float32)
+
+    def bass(guidance, hears):
+        prior, calls = analytic_prior(), []
+        denoise = prior.denoise
+        prior.given_sigma_data = 0.2 if hears else None
+        prior.denoise = lambda x, sigma: calls.append(sigma) or denoise(x, sigma)
+        out = run_region("accompany", prior, None, 4000, fast("accompany").with_overrides(guidance=guidance),
+                         given={"drums": drums}, stems=["bass"])
+        return out["bass"], len(calls)
+
+    (plain, plain_calls), (guided, guided_calls) = bass(0.0, True), bass(2.0, True)
+    assert guided_calls == 2 * plain_calls > 0
+    (deaf, deaf_calls), (deaf_guided, deaf_guided_calls) = bass(0.0, False), bass(2.0, False)
+    assert deaf_guided_calls == deaf_calls == plain_calls
+    np.testing.assert_array_equal(deaf_guided, deaf)

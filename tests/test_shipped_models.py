@@ -67,3 +67,21 @@ def test_the_shipped_gmsdi_model_denoises_from_its_packaged_captions():
         denoised = prior.denoise(clean + 0.01 * torch.randn_like(clean), 0.01)
     assert denoised.shape == clean.shape and (denoised - clean).abs().max() < 0.1
     assert model.encoder._model is None, "the shipped captions' embeddings come from the cache, no transformer load"
+
+
+def test_polarity_averaging_keeps_the_networks_odd_part():
+    """With polarity_average the separator is exactly odd (stems of -y are minus the stems of y) and, before the
+    peak bound and the sum projection, equals (net(y) - net(-y)) / 2 computed from the plain network."""
+    plain = models.load_separator(models.DEFAULT_SEPARATOR)
+    plain.polarity_average, plain.level_normalise = False, False
+    odd = models.load_separator(models.DEFAULT_SEPARATOR)
+    odd.polarity_average, odd.level_normalise = True, False
+    torch.manual_seed(1)
+    mixture = 0.1 * torch.randn(2, 1, plain.stride * 8)
+    with torch.no_grad():
+        assert not torch.allclose(plain(-mixture), -plain(mixture), atol=1e-3)  # the network alone is not odd
+        torch.testing.assert_close(odd(-mixture), -odd(mixture), atol=1e-6, rtol=0)
+        expected = models.project_to_mixture((plain.net(mixture) - plain.net(-mixture)) / 2, mixture)
+        torch.testing.assert_close(odd(mixture), expected, atol=1e-6, rtol=0)
+        odd.level_normalise = True
+        assert torch.count_nonzero(odd(torch.zeros(1, 1, plain.stride * 8))) == 0  # silence stays silent

@@ -150,8 +150,8 @@ def generate_audio(prior: LatentPrior, batch: int, length: int, settings: Sample
 
 
 def accompany_audio(prior: LatentPrior, known: torch.Tensor, known_mask: torch.Tensor,
-                    settings: SamplerSettings = ACCOMPANY_SETTINGS, *, generator: torch.Generator | None = None,
-                    callback: Callback | None = None) -> torch.Tensor:
+                    settings: SamplerSettings = ACCOMPANY_SETTINGS, *, guidance: float = 0.0,
+                    generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """Partial generation (msldm.txt Sec. 2.3.2, Eqs. 4-6) on waveforms; the same signature as `tasks.accompany`.
 
     known: (B, K, N) stems (anything where unknown); known_mask: bool, broadcastable to known, over stems
@@ -165,8 +165,8 @@ def accompany_audio(prior: LatentPrior, known: torch.Tensor, known_mask: torch.T
     frames = z_known.shape[-1]
     frame_mask = _frame_mask(mask, frames, prior._need_vae().hop)  # (B, K, T)
     latent_mask = frame_mask[:, :, None, :].expand(b, k, prior.channels, frames)
-    x = tasks.accompany(prior, to_state(z_known), to_state(latent_mask), settings, generator=generator,
-                        callback=callback)
+    x = tasks.accompany(prior, to_state(z_known), to_state(latent_mask), settings, guidance=guidance,
+                        generator=generator, callback=callback)
     audio = prior.decode(from_state(x, prior.channels), n)
     return torch.where(mask, known, audio)
 

@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     acc.add_argument("--generate", default=None, help="comma-separated stems to generate (default: all not given)")
     acc.add_argument("--range", default=None, metavar="START:END", help="regenerate only this time range (seconds)")
     _common(acc, "accompany")
+    acc.add_argument("--guidance", type=float, default=None, metavar="W",
+                     help="--method prior with a prior that hears given stems clean: how much to lean on them "
+                     "(classifier-free guidance; default: the preset's; 0 is off; docs/priors.md)")
     _accompanist_options(acc, bpm=True)
     acc.set_defaults(run=run_accompany)
 
@@ -404,6 +407,7 @@ def _setup(args, task: str, loop: bool = False):
             accepted = "generate or accompany" if loop else task
             raise ValueError(f"preset {preset.name!r} is for {preset.task}, not {accepted}")
         overrides = {k: getattr(args, k) for k in ("steps", "sigma_min", "sigma_max", "rho", "s_churn", "resamples")}
+        overrides["guidance"] = getattr(args, "guidance", None)  # accompany only
         preset = preset.with_overrides(**overrides)
     except (ValueError, TypeError) as error:
         raise UserError(str(error)) from None
@@ -561,10 +565,10 @@ def _accompanist_options(p: argparse.ArgumentParser, bpm: bool) -> None:
 
 def _method(args) -> str:
     """The accompanist unless --method says otherwise, or the command names what only a prior uses: a --range
-    (part of a given stem, which only a prior inpaints), a --model or a --preset (as the server decides)."""
+    (part of a given stem, which only a prior inpaints), a --model, a --preset or a --guidance (as the server decides)."""
     if args.method:
         return args.method
-    names_a_prior = any(getattr(args, name, None) is not None for name in ("range", "model", "preset"))
+    names_a_prior = any(getattr(args, name, None) is not None for name in ("range", "model", "preset", "guidance"))
     return "prior" if names_a_prior else "accompanist"
 
 
