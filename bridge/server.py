@@ -674,8 +674,8 @@ class Server:
         kind = model_kind(model)
         if kind == "gmsdi":
             return self._validate_gmsdi(message, model)
-        if any(name in message.params for name in gmsdi_jobs.PARAMS):
-            raise RequestError("bad-request", f"prompts, negatives and guidance go with a GMSDI model, not {model!r}")
+        if any(name in message.params for name in ("prompts", "negatives")):
+            raise RequestError("bad-request", f"prompts and negatives go with a GMSDI model, not {model!r}")
         if kind == "msldm" and task == "separate":
             raise RequestError("bad-request", f"model {model!r} is an MSLDM latent prior: it generates and accompanies; "
                                               "separation with a latent prior is not built (docs/msldm.md)")
@@ -870,7 +870,7 @@ class Server:
         preset = self._load_preset(name)
         if preset.task != "separate" or not preset.options.get("warm_start"):
             raise RequestError("bad-request", f"preset {name!r} does not refine a first estimate (try refine-fast)")
-        prior = params.get("prior") or self._default_model("accompany")
+        prior = params.get("prior") or self._default_model("refine")
         if prior not in self.model_names():
             raise RequestError("bad-request", f"unknown prior {prior!r}: this server has {', '.join(self.model_names())}")
         if model_kind(prior) == "msldm":

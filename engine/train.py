@@ -165,7 +165,7 @@ class Objective(nn.Module):
             train = config.get("train", {})
             self.sigma_mean, self.sigma_std = train.get("sigma_mean", -3.0), train.get("sigma_std", 1.0)  # LogNormal
         else:
-            self.separator = RegressionSeparator(net, self.stems)
+            self.separator = RegressionSeparator(net, self.stems, polarity_average=False)  # averaging is for inference
 
     def forward(self, stems: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The training loss (forward, so DistributedDataParallel can wrap the objective)."""

@@ -63,11 +63,13 @@ def available_devices() -> list[str]:
 
 def default_model(task: str) -> str:
     """The shipped model a task uses by default: for separation the regression separator when one ships, else a
-    prior; for accompaniment and generation a prior. ValueError when nothing suitable ships."""
-    named = getattr(models, "DEFAULT_SEPARATOR" if task == "separate" else "DEFAULT_PRIOR", None)
+    prior; for accompaniment the prior that hears given stems, else the default prior; for generation and for
+    refining a separation ("refine") the default prior. ValueError when nothing suitable ships."""
+    named = {"separate": ["DEFAULT_SEPARATOR"], "accompany": ["DEFAULT_ACCOMPANY_PRIOR", "DEFAULT_PRIOR"]}
     shipped = models.list_models()
-    if named in shipped:
-        return named
+    for attribute in named.get(task, ["DEFAULT_PRIOR"]):
+        if getattr(models, attribute, None) in shipped:
+            return getattr(models, attribute)
     kinds = (("regression", "msdm", "isdm") if task == "separate" else ("msdm", "isdm"))
     for kind in kinds:
         found = models.list_models(kind)
@@ -88,9 +90,10 @@ def load_task_model(name: str | None, task: str, device: str | torch.device = "c
     card = read_card(models.resolve_model(name))
     if card.get("kind") == "gmsdi":
         raise ValueError(f"model {name!r} is a GMSDI model: its stems are named by prompts, so use "
-                         f"`stemweave gmsdi {task} --model {name} --prompts ...` (docs/gmsdi.md)")
+                         f"`stemweave gmsdi {'separate' if task == 'refine' else task} --model {name} --prompts ...` "
+                         "(docs/gmsdi.md)")
     if card.get("kind") == "msldm":
-        if task == "separate":
+        if task in ("separate", "refine"):
             raise ValueError(f"model {name!r} is an MSLDM latent prior: it generates and accompanies, but separation "
                              "with a latent prior is not built (docs/msldm.md); separate with "
                              f"{models.DEFAULT_SEPARATOR} or an msdm prior")

@@ -40,6 +40,10 @@ def loader(models):
         if name == "slow":
             models["slow"] = SlowPrior()
             return models["slow"]
+        if name == "hears":  # a prior trained to hear given stems clean (`train --given-share`)
+            models["hears"] = SlowPrior(delay=0.0)
+            models["hears"].given_sigma_data = 0.2
+            return models["hears"]
         return analytic_model(rate=4000, window=256)
 
     return load
@@ -48,7 +52,7 @@ def loader(models):
 @pytest.fixture
 def served():
     models = {}
-    server = Server("tcp://127.0.0.1:*", model_loader=loader(models), model_names=["toy", "slow", "broken"],
+    server = Server("tcp://127.0.0.1:*", model_loader=loader(models), model_names=["toy", "slow", "broken", "hears"],
                     heartbeat_s=0.2, max_seconds=5.0, preload=False).start()
     server.loaded = models
     yield server
@@ -80,6 +84,24 @@ def test_separate_through_the_server_equals_the_direct_call(client):
         np.testing.assert_array_equal(stems[name], direct[name])
     assert client.last_result.position == 4410 and client.last_result.info["seed"] == 5
     assert client.hello()["protocol"] == P.PROTOCOL_VERSION and "toy@cpu" in client.hello()["models_loaded"]
+
+
+def test_guidance_reaches_the_sampler_through_the_server(served, client):
+    """Guided, a prior that hears given stems clean is evaluated twice per step (tasks.accompany); same seed, same
+    stems as the direct call with the guided preset."""
+    drums = region(channels=1)
+    client.accompany({"drums": drums}, RATE, model="hears", stems=["bass"], seed=2, **FAST)
+    plain_calls = served.loaded["hears"].calls
+    bass = client.accompany({"drums": drums}, RATE, model="hears", stems=["bass"], seed=2, guidance=2.0, **FAST)
+    assert served.loaded["hears"].calls - plain_calls == 2 * plain_calls > 0
+    direct = SlowPrior(delay=0.0)
+    direct.given_sigma_data = 0.2
+    guided = load_preset("accompany-fast").with_overrides(guidance=2.0, **FAST)
+    expected = run_region("accompany", direct, None, RATE, guided, given={"drums": drums}, stems=["bass"], seed=2)
+    np.testing.assert_array_equal(bass["bass"], expected["bass"])
+    with pytest.raises(ServerError) as caught:
+        client.accompany({"drums": drums}, RATE, model="hears", stems=["bass"], guidance=-1.0, **FAST)
+    assert caught.value.code == "bad-request" and "guidance" in caught.value.message
 
 
 def test_progress_arrives_in_order_and_ends_with_a_result(client):
@@ -211,7 +233,6 @@ def test_requests_the_server_cannot_run_get_clear_errors(client):
         (dict(model="toy", steps="many"), "bad-request"),
         (dict(model="toy", method="rk4"), "bad-request"),  # not a sampler the engine has
         (dict(model="toy", guidance=1.0), "bad-request"),  # an accompaniment option, not separation's
-        (dict(model="toy", preset="accompany-fast", guidance=-1.0), "bad-request"),  # out of range
         (dict(model="toy", stems=["kazoo"]), "bad-request"),  # run_region refuses it: the job fails cleanly
         (dict(model="broken"), "failed"),  # a job that raises
     ]

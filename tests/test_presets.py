@@ -15,6 +15,8 @@ def test_shipped_presets_hold_the_papers_settings():
     # generation starts at sigma 1 = 20 sigma_data, where the CPU priors are trained (the reference: 20; docs/priors.md)
     assert load_preset("generate").sampler.sigma_max == 1.0
     assert load_preset("accompany").sampler.steps == 256
+    # accompaniment leans on the given stems (w = 2, docs/priors.md); a prior that cannot hear them clean ignores it
+    assert load_preset("accompany").options == load_preset("accompany-fast").options == {"guidance": 2.0}
 
 
 def test_overrides_replace_sampler_settings_and_options():

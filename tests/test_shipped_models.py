@@ -85,3 +85,22 @@ def test_polarity_averaging_keeps_the_networks_odd_part():
         torch.testing.assert_close(odd(mixture), expected, atol=1e-6, rtol=0)
         odd.level_normalise = True
         assert torch.count_nonzero(odd(torch.zeros(1, 1, plain.stride * 8))) == 0  # silence stays silent
+    # on by default, also for a card that predates the flag; the trainer fits the plain network
+    from stemweave.engine.train import Objective
+
+    assert models.RegressionSeparator(plain.net, plain.stems, {"rate": 22050}).polarity_average
+    trained = Objective(plain.net, "regression", {"train": {}, "sigma_data": 0.05}, stems=plain.stems)
+    assert trained.separator.polarity_average is False
+
+
+def test_each_task_defaults_to_the_model_measured_best_for_it(monkeypatch):
+    """Accompaniment samples the prior that hears given stems (docs/priors.md); generation and refining a
+    separation keep the default prior, which separates better; without the first, accompaniment falls back."""
+    from stemweave import api
+
+    assert api.default_model("separate") == models.DEFAULT_SEPARATOR
+    assert api.default_model("accompany") == models.DEFAULT_ACCOMPANY_PRIOR != models.DEFAULT_PRIOR
+    assert models.load_prior(models.DEFAULT_ACCOMPANY_PRIOR).given_sigma_data
+    assert api.default_model("generate") == api.default_model("refine") == models.DEFAULT_PRIOR
+    monkeypatch.setattr(models, "DEFAULT_ACCOMPANY_PRIOR", "not-shipped")
+    assert api.default_model("accompany") == models.DEFAULT_PRIOR

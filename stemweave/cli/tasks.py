@@ -174,7 +174,7 @@ def _refine_setup(args, model, device):
         preset = load_preset(preset_name)
         if not preset.options.get("warm_start"):
             raise ValueError(f"preset {preset.name!r} does not refine a first estimate: use refine or refine-fast")
-        prior, prior_name = api.load_task_model(args.prior, "accompany", device, args.backend, args.threads)
+        prior, prior_name = api.load_task_model(args.prior, "refine", device, args.backend, args.threads)
         _warn_quality(args, prior, prior_name)
         return WarmStart(model, prior), prior_name, preset
     except ValueError as error:
