@@ -254,3 +254,12 @@ def test_separate_on_the_onnx_backend_matches_torch(tmp_path, monkeypatch):
         assert json.loads((out / "s.stemweave.json").read_text())["backend"]["backend"] == backend
     for s in STEMS:
         np.testing.assert_allclose(stems["onnx"][s], stems["torch"][s], atol=1e-4)
+
+
+def test_guidance_names_the_prior_and_lands_in_its_preset(tmp_path, prior):
+    write(tmp_path / "drums.wav", frames=2000, rate=8000)
+    assert main(["accompany", str(tmp_path / "drums.wav"), "--generate", "bass", "--guidance", "3",
+                 "-o", str(tmp_path / "o"), *FAST]) == 0
+    info = json.loads((tmp_path / "o" / "drums.stemweave.json").read_text())
+    assert info["preset"]["name"] == "accompany-fast" and info["preset"]["options"] == {"guidance": 3.0}
+    assert info["model"]["name"] == "analytic"  # --guidance, like --model, means the prior, not the accompanist
