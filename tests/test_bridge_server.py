@@ -87,10 +87,10 @@ def test_separate_through_the_server_equals_the_direct_call(client):
 
 
 def test_guidance_reaches_the_sampler_through_the_server(served, client):
-    """Guided, a prior that hears given stems clean is evaluated twice per step (tasks.accompany); same seed, same
-    stems as the direct call with the guided preset."""
+    """Guided (the accompany presets' default, here given explicitly), a prior that hears given stems clean is
+    evaluated twice per step (tasks.accompany); same seed, same stems as the direct call with the guided preset."""
     drums = region(channels=1)
-    client.accompany({"drums": drums}, RATE, model="hears", stems=["bass"], seed=2, **FAST)
+    client.accompany({"drums": drums}, RATE, model="hears", stems=["bass"], seed=2, guidance=0.0, **FAST)
     plain_calls = served.loaded["hears"].calls
     bass = client.accompany({"drums": drums}, RATE, model="hears", stems=["bass"], seed=2, guidance=2.0, **FAST)
     assert served.loaded["hears"].calls - plain_calls == 2 * plain_calls > 0
