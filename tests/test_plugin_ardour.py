@@ -6,7 +6,10 @@
   too (the plugin accompanies it without hearing it again); a damaged state file is refused whole;
 * loop mode: the server's live loop (at 96 BPM) played in Ardour's 120 BPM timeline, bar for bar.
 
-Everything is judged on the exported WAVs, never on Ardour's exit code (7.3 can abort at exit after writing).
+Everything is judged on the exported WAVs and the saved session. Each script ends the process after its last
+report instead of closing the session, because Ardour 7.3's own session teardown crashes after an export about
+one run in three even with no plugin loaded (`finish` in LUA_COMMON); the plugin's teardown is exercised by the
+other hosts (tests/test_plugin_hosts.py).
 Ardour runs with a private HOME and XDG folders under the test's tmp_path (its config there unhides the dummy
 backend and adds a 32-bit float WAV export preset), so nothing leaks into the user's Ardour.
 """
@@ -125,6 +128,11 @@ local function wait_for(what, cond, seconds)
   end
   return true
 end
+-- End the process once every report is out, without closing the session: Ardour 7.3 aborts or segfaults in its
+-- own session teardown ("Butler drops pool trash", then a double free) about one run in three after an export,
+-- with no plugin in the session at all (4 of 12 runs of such a script here; 6 of 18 runs of the loop test, and 0
+-- of 17 ending like this). A script that saves reports DONE only after save_state returned 0.
+local function finish() io.stderr:flush() os.exit(0) end
 -- Export the session (or [0, range_end) samples) through the master bus as a float WAV named `name`. One export
 -- per process, and its SimpleExport is never garbage-collected mid-script: Ardour 7.3 corrupts its heap when one
 -- is freed after an export (a crash seen with no plugin in the session at all).
@@ -171,9 +179,8 @@ export(s, env("SW_EXPORT_DIR"), "separated")
 if wait_for("the save", function() return s:save_state("", false, false, false, false, false) == 0 end, 30) then
   say("SAVED")
 end
-track = nil proc = nil
-collectgarbage() collectgarbage()  -- Lua's references go before the session does
-close_session()
+say("DONE")
+finish()
 """
 
 REOPEN_HEAD = LUA_COMMON + f"""
@@ -188,9 +195,7 @@ say("STATUS", param(proc, {STATUS}), "CAPTURED", param(proc, {CAPTURED}))
 """
 REOPEN_TAIL = """
 say("DONE")
-track = nil proc = nil
-collectgarbage() collectgarbage()
-close_session()
+finish()
 """
 # The saved stems play in place, no job sent.
 REOPEN = REOPEN_HEAD + """
@@ -219,9 +224,7 @@ set(proc, {LOOP_MODE}, 1)
 export(s, env("SW_EXPORT_DIR"), "loop", tonumber(env("SW_FRAMES")))
 say("LOOP-STATE", param(proc, {LOOP_STATE}))
 say("DONE")
-track = nil proc = nil
-collectgarbage() collectgarbage()
-close_session()
+finish()
 """
 
 
@@ -311,7 +314,7 @@ def take(ardour_home, bundle, server, tmp_path_factory):
     """One Ardour session: a stereo take recorded through the plugin, which captured and separated its marked
     region on the way; exported, then saved."""
     tmp = tmp_path_factory.mktemp("ardour-take")
-    output, reports = ardour(ardour_home, RECORD, tmp, server.endpoint, "SAVED", session_dir="session",
+    output, reports = ardour(ardour_home, RECORD, tmp, server.endpoint, "DONE", session_dir="session",
                              export_dir="export")
     assert "SAVED" in reports, f"Ardour did not save the session:\n{output[-3000:]}"
     work = Path(reports["WORK"][0])
