@@ -126,17 +126,18 @@ class RegressionSeparator(nn.Module):
         if mixture.dim() != 3 or mixture.shape[1] != 1:
             raise ValueError(f"expected a mono mixture (batch, 1, time), got {tuple(mixture.shape)}")
         if not self.level_normalise:
-            return project_to_mixture(self._odd(mixture), mixture)  # (batch, K, time)
+            return project_to_mixture(self._odd_part(mixture), mixture)  # (batch, K, time)
         peak = mixture.detach().abs().amax(dim=-1, keepdim=True)  # (batch, 1, 1)
         # RMS, floored at peak / MAX_CREST so one click in a silent window is not blown up past training peaks
         level = torch.maximum(mixture.detach().pow(2).mean(dim=-1, keepdim=True).sqrt(), peak / MAX_CREST)
         scale = level / LEVEL_REFERENCE_RMS  # exactly 0 for a silent window, so its stems are exactly 0
-        stems = self._odd(mixture / torch.where(scale > 0, scale, torch.ones_like(scale))) * scale
+        stems = self._odd_part(mixture / torch.where(scale > 0, scale, torch.ones_like(scale))) * scale
         bound = STEM_PEAK_BOUND * peak
         stems = torch.maximum(torch.minimum(stems, bound), -bound)
         return project_to_mixture(stems, mixture)  # (batch, K, time)
 
-    def _odd(self, mixture: torch.Tensor) -> torch.Tensor:
+    def _odd_part(self, mixture: torch.Tensor) -> torch.Tensor:
+        """(net(y) - net(-y)) / 2 in one batch when averaging polarities, else net(y)."""
         if not self.polarity_average:
             return self.net(mixture)
         both = self.net(torch.cat([mixture, -mixture]))
