@@ -674,8 +674,9 @@ class Server:
         kind = model_kind(model)
         if kind == "gmsdi":
             return self._validate_gmsdi(message, model)
-        if any(name in message.params for name in ("prompts", "negatives")):
-            raise RequestError("bad-request", f"prompts and negatives go with a GMSDI model, not {model!r}")
+        text_only = sorted(set(gmsdi_jobs.PARAMS) - set(OPTION_PARAMS))  # guidance is every prior's option
+        if any(name in message.params for name in text_only):
+            raise RequestError("bad-request", f"{' and '.join(text_only)} go with a GMSDI model, not {model!r}")
         if kind == "msldm" and task == "separate":
             raise RequestError("bad-request", f"model {model!r} is an MSLDM latent prior: it generates and accompanies; "
                                               "separation with a latent prior is not built (docs/msldm.md)")
