@@ -59,6 +59,8 @@ REGION_PARAMS = {"stems": (list, None, None), "channel_mode": (str, None, None),
                  "batch_size": (int, 1, 4096)}
 # Separation with a regression separator, refined by a prior (issue 13): an "estimate" partial, then the result.
 REFINE_PARAMS = {"refine": (str, None, None), "prior": (str, None, None)}
+# What only a GMSDI model reads (guidance is every prior's option)
+GMSDI_ONLY_PARAMS = sorted(set(gmsdi_jobs.PARAMS) - set(OPTION_PARAMS))
 # Memory per job: the region's audio, at its own rate or at the model's (whichever is larger), is at most this many
 # bytes of float32 (--max-job-mb; 600 s of 48 kHz stereo fits). A job costs about ten times that while it runs.
 DEFAULT_MAX_JOB_BYTES = 256 << 20
@@ -674,9 +676,9 @@ class Server:
         kind = model_kind(model)
         if kind == "gmsdi":
             return self._validate_gmsdi(message, model)
-        text_only = sorted(set(gmsdi_jobs.PARAMS) - set(OPTION_PARAMS))  # guidance is every prior's option
-        if any(name in message.params for name in text_only):
-            raise RequestError("bad-request", f"{' and '.join(text_only)} go with a GMSDI model, not {model!r}")
+        if any(name in message.params for name in GMSDI_ONLY_PARAMS):
+            raise RequestError("bad-request",
+                               f"{' and '.join(GMSDI_ONLY_PARAMS)} go with a GMSDI model, not {model!r}")
         if kind == "msldm" and task == "separate":
             raise RequestError("bad-request", f"model {model!r} is an MSLDM latent prior: it generates and accompanies; "
                                               "separation with a latent prior is not built (docs/msldm.md)")
