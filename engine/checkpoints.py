@@ -66,6 +66,7 @@ from stemweave.engine.audio_io import atomic_write
 from stemweave.engine.unet import UNet1d, load_config
 
 CARD_FORMAT = 1
+HEAD_PREFIX = "head"  # a regression model's spectral head: its tensors are "head.*" beside the U-Net's
 KINDS = ("msdm", "isdm", "regression")
 
 
@@ -78,6 +79,7 @@ class ModelFile:
 
     card: dict[str, Any]
     nets: dict[str, UNet1d] = field(default_factory=dict)
+    head_state: dict[str, torch.Tensor] | None = None  # a regression model's spectral head (card "head"), float32
 
     @property
     def kind(self) -> str:
@@ -131,6 +133,7 @@ def save_model(
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     fp16: bool = False,
+    head: nn.Module | None = None,
 ) -> tuple[Path, Path]:
     """Write `<name>.safetensors` + `<name>.json` and return both paths.
 
@@ -138,7 +141,9 @@ def save_model(
     ending in .safetensors / .json. `net` is one U-Net (msdm, regression) or a
     mapping stem -> U-Net (isdm). `config` is a config dict as `load_config`
     returns it (rate, window, sigma_data, clamp, unet); the card records the
-    U-Net's actual in/out channels.
+    U-Net's actual in/out channels. `head` (regression only) is a spectral head
+    (engine/spectral_head.py): its weights go under "head." and its config to
+    the card's "head".
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -147,8 +152,11 @@ def save_model(
         raise ValueError(f"an isdm model needs one network per stem {list(stems)}, got {sorted(nets)}")
     if kind != "isdm" and set(nets) != {""}:
         raise ValueError(f"an {kind} model has one network")
+    if head is not None and kind != "regression":
+        raise ValueError(f"only a regression model carries a spectral head, not an {kind} model")
+    modules = dict(nets, **({HEAD_PREFIX: head} if head is not None else {}))
     tensors = {}
-    for stem, module in nets.items():
+    for stem, module in modules.items():
         prefix = f"{stem}." if stem else ""
         for key, value in module.state_dict().items():
             value = value.detach().to("cpu")
@@ -173,11 +181,13 @@ def save_model(
         "dtype": "float16" if fp16 else "float32",
         "weights": weights_path.name,
         "sha256": _sha256(weights_path),
-        "parameters": sum(p.numel() for m in nets.values() for p in m.parameters()),
+        "parameters": sum(p.numel() for m in modules.values() for p in m.parameters()),
         "training": dict(training or {}),
         "metrics": dict(metrics or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if head is not None:
+        card["head"] = dict(head.config)
     text = json.dumps(card, indent=2) + "\n"
     atomic_write(card_path, lambda tmp: tmp.write_text(text))
     return weights_path, card_path
@@ -197,15 +207,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelFil
         raise FileNotFoundError(f"a model file needs both {weights_path.name} and {card_path.name} in {weights_path.parent}")
     card = json.loads(card_path.read_text())
     tensors = load_file(str(weights_path), device="cpu")
+    head_prefix = HEAD_PREFIX + "."
+    head_state = {k[len(head_prefix):]: v.float() for k, v in tensors.items() if k.startswith(head_prefix)}
+    if bool(head_state) != ("head" in card):
+        raise ValueError(f"{weights_path.name} and {card_path.name} disagree on whether the model has a spectral head")
     keys = card["stems"] if card["layout"] == "per-stem-prefix" else [""]
     nets = {}
     for stem in keys:
         prefix = f"{stem}." if stem else ""
-        state = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix) and not k.startswith(head_prefix)}
         net = UNet1d(card["config"]["unet"])
         net.load_state_dict(state, strict=True)
         nets[stem] = net.to(device).eval()
-    return ModelFile(card=card, nets=nets)
+    return ModelFile(card=card, nets=nets, head_state=head_state or None)
 
 
 # --------------------------------------------------------------------------- published Lightning checkpoints

@@ -27,6 +27,7 @@ from stemweave.engine.denoiser import EDMDenoiser
 from stemweave.engine.latent.prior import LatentPrior
 from stemweave.engine.latent.vae import SourceVAE
 from stemweave.engine.priors import IndependentPrior, JointPrior
+from stemweave.engine.spectral_head import ReassignHead
 from stemweave.engine.unet import UNet1d
 
 MODEL_DIR = Path(__file__).resolve().parent / "models"
@@ -94,10 +95,14 @@ class RegressionSeparator(nn.Module):
     `polarity_average` (the default; the card's "polarity_average": false turns it off) it runs on y and -y
     and keeps the odd part, (net(y) - net(-y)) / 2, which drops the network's even error: +0.15 to +0.24 dB
     on every split for 1.3x the time (docs/separation.md). Training fits the network itself (False there).
+
+    Head: with a `ReassignHead` (engine/spectral_head.py; the card's "head"), the projected stems are re-mixed
+    per STFT bin, then bounded and projected again, so every promise above holds for the head's stems too.
     """
 
     def __init__(self, net: nn.Module, stems: Sequence[str], card: dict[str, Any] | None = None,
-                 level_normalise: bool | None = None, polarity_average: bool | None = None):
+                 level_normalise: bool | None = None, polarity_average: bool | None = None,
+                 head: nn.Module | None = None):
         super().__init__()
         if net.in_channels != 1 or net.out_channels != len(stems):
             raise ValueError(f"a regression separator maps 1 channel to {len(stems)} stems; the network maps "
@@ -109,6 +114,7 @@ class RegressionSeparator(nn.Module):
                                     else level_normalise)
         self.polarity_average = bool(self.card.get("polarity_average", True) if polarity_average is None
                                      else polarity_average)
+        self.head = head
 
     @property
     def stride(self) -> int:
@@ -126,15 +132,23 @@ class RegressionSeparator(nn.Module):
         if mixture.dim() != 3 or mixture.shape[1] != 1:
             raise ValueError(f"expected a mono mixture (batch, 1, time), got {tuple(mixture.shape)}")
         if not self.level_normalise:
-            return project_to_mixture(self._odd_part(mixture), mixture)  # (batch, K, time)
+            stems = project_to_mixture(self._odd_part(mixture), mixture)  # (batch, K, time)
+            return stems if self.head is None else project_to_mixture(self.head(mixture, stems), mixture)
         peak = mixture.detach().abs().amax(dim=-1, keepdim=True)  # (batch, 1, 1)
         # RMS, floored at peak / MAX_CREST so one click in a silent window is not blown up past training peaks
         level = torch.maximum(mixture.detach().pow(2).mean(dim=-1, keepdim=True).sqrt(), peak / MAX_CREST)
         scale = level / LEVEL_REFERENCE_RMS  # exactly 0 for a silent window, so its stems are exactly 0
         stems = self._odd_part(mixture / torch.where(scale > 0, scale, torch.ones_like(scale))) * scale
+        stems = self._bounded_projection(stems, mixture, peak)
+        if self.head is not None:
+            stems = self._bounded_projection(self.head(mixture, stems), mixture, peak)
+        return stems  # (batch, K, time)
+
+    @staticmethod
+    def _bounded_projection(stems: torch.Tensor, mixture: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        """Each stem clipped to STEM_PEAK_BOUND x the window's mixture peak, then projected to sum to the mixture."""
         bound = STEM_PEAK_BOUND * peak
-        stems = torch.maximum(torch.minimum(stems, bound), -bound)
-        return project_to_mixture(stems, mixture)  # (batch, K, time)
+        return project_to_mixture(torch.maximum(torch.minimum(stems, bound), -bound), mixture)
 
     def _odd_part(self, mixture: torch.Tensor) -> torch.Tensor:
         """(net(y) - net(-y)) / 2 in one batch when averaging polarities, else net(y)."""
@@ -206,7 +220,11 @@ def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu")
     model = load_model_file(name_or_path, device)
     if model.kind != "regression":
         raise ValueError(f"{model.card['name']} is a {model.kind} prior, not a regression separator; load it with load_prior")
-    return RegressionSeparator(model.net, model.stems, model.card).to(device).eval()
+    head = None
+    if model.head_state is not None:
+        head = ReassignHead(len(model.stems), model.card["head"])
+        head.load_state_dict(model.head_state)
+    return RegressionSeparator(model.net, model.stems, model.card, head=head).to(device).eval()
 
 
 def _read_latent_file(name_or_path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -38,13 +38,16 @@ from stemweave.engine.checkpoints import atomic_torch_save, save_model
 from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_given_stems, sample_training_sigma
 from stemweave.engine.metrics import si_sdr
 from stemweave.engine.models import MODEL_DIR, RegressionSeparator, load_model_file
+from stemweave.engine.spectral_head import DEFAULT_HEAD, ReassignHead
 from stemweave.engine.steps import RunState, Schedule, descend, run_steps
 from stemweave.engine.unet import UNet1d, count_parameters, load_config
 
 STEMS = ("bass", "drums", "guitar", "piano")
 OBJECTIVES = ("diffusion", "regression")
+HEAD_LR = 1e-3  # `--head`'s default learning rate (the probe of docs/separation.md)
 VALID_SIGMAS = (0.005, 0.02, 0.05, 0.2, 0.5, 1.0)  # buckets of the validation loss (diffusion)
 CHECKPOINT = "checkpoints/last.pt"
+EMA_HEAD = "separator.head."  # where a spectral head's weights sit in the EMA copy of the objective
 
 
 @dataclass
@@ -73,6 +76,7 @@ class TrainSettings:
     init_from: str | None = None  # a model file (shipped name or path) whose weights and network start a new run
     remix: float = 0.0  # regression only: this share of windows takes each stem from its own song (the Demucs remix)
     given_share: float = 0.0  # MSDM only: this share of windows shows a random subset of stems clean (`edm_loss`)
+    head: bool = False  # regression only: train the spectral head (engine/spectral_head.py) on the frozen U-Net
     data: tuple[str, ...] = ()
     valid: tuple[str, ...] = ()
     progress: bool = True
@@ -101,13 +105,18 @@ def resolve_config(settings: TrainSettings) -> dict[str, Any]:
                          ("checkpoint_every", 500), ("valid_every", 500)):
         value = getattr(settings, key)
         train[key] = value if value is not None else train.get(key, default)
+    if settings.head and settings.lr is None:
+        train["lr"] = HEAD_LR  # a small network from zero: the U-Net's 1e-4 would barely move it
     train.setdefault("betas", [0.9, 0.99])
     config["train"] = train
     return config
 
 
-def start_from_model(settings: TrainSettings, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor], list]:
-    """`--init-from`: the model file's network config, weights and ledger, checked against the run's objective.
+def start_from_model(settings: TrainSettings, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor], list,
+                                                                             dict[str, torch.Tensor] | None]:
+    """`--init-from`: the model file's network config, weights, ledger and spectral head (or None), checked
+    against the run's objective. A separator's head comes along (a `--head` run continues it); the file's
+    head config lands in the config's "head".
 
     The shipped file is the durable checkpoint (a run folder dies with its machine): its architecture,
     rate, window and sigma_data win over the named config, whose [train] section still applies.
@@ -126,9 +135,11 @@ def start_from_model(settings: TrainSettings, config: dict[str, Any]) -> tuple[d
         raise ValueError(f"{settings.init_from} models stems {list(model.stems)}, not {list(settings.model_stems())}")
     config = dict(config, rate=card["rate"], window=card["window"], sigma_data=card["sigma_data"], clamp=card["clamp"],
                   unet=dict(card["config"]["unet"]))
+    if "head" in card:
+        config["head"] = dict(card["head"])
     net = model.nets[settings.stem] if settings.stem else model.net
     weights = {k: v.float() for k, v in net.state_dict().items()}
-    return config, weights, ledger
+    return config, weights, ledger, model.head_state
 
 
 def ledger_of(card: dict[str, Any]) -> list[dict[str, Any]]:
@@ -154,7 +165,7 @@ class Objective(nn.Module):
     """Wraps the U-Net with its loss: `loss(batch)` for training, `validate(batches)` for the EMA copy."""
 
     def __init__(self, net: UNet1d, objective: str, config: dict[str, Any], stems: Sequence[str] | None = None,
-                 given_share: float = 0.0):
+                 given_share: float = 0.0, head: nn.Module | None = None, polarity_average: bool = False):
         super().__init__()
         self.given_share = given_share
         self.net = net
@@ -165,7 +176,8 @@ class Objective(nn.Module):
             train = config.get("train", {})
             self.sigma_mean, self.sigma_std = train.get("sigma_mean", -3.0), train.get("sigma_std", 1.0)  # LogNormal
         else:
-            self.separator = RegressionSeparator(net, self.stems, polarity_average=False)  # averaging is for inference
+            # The U-Net trains on its own output; a head on the U-Net's answer as inference gives it (averaged).
+            self.separator = RegressionSeparator(net, self.stems, polarity_average=polarity_average, head=head)
 
     def forward(self, stems: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The training loss (forward, so DistributedDataParallel can wrap the objective)."""
@@ -282,6 +294,9 @@ def train(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {settings.objective!r}")
     if settings.remix and (settings.objective != "regression" or not 0 < settings.remix <= 1):
         raise ValueError("--remix P (0 < P <= 1) is for --objective regression: a joint prior needs stems that play together")
+    if settings.head and (settings.objective != "regression" or not settings.init_from):
+        raise ValueError("--head trains a regression separator's spectral head on a trained U-Net: it needs "
+                         "--objective regression and --init-from a separator")
     if settings.given_share and (settings.kind() != "msdm" or len(settings.stems) < 2 or not 0 < settings.given_share <= 1):
         raise ValueError("--given-share P (0 < P <= 1) is for a joint prior (MSDM, two stems or more): it shows some "
                          "stems clean so the prior learns to hear them")
@@ -298,18 +313,29 @@ def train(
     stems = settings.model_stems()
 
     ledger: list = []
-    init_weights = None
+    init_weights = head_state = None
     resuming = settings.resume != "never" and (settings.resume != "auto" or checkpoint_path.exists())
     if settings.init_from:  # its network config applies to a resumed run too; its weights only to a new one
-        config, init_weights, ledger = start_from_model(settings, config)
+        config, init_weights, ledger, head_state = start_from_model(settings, config)
         init_weights = None if resuming else init_weights
     torch.manual_seed(settings.seed)
     net = UNet1d(config["unet"]).to(device)
     if init_weights is not None:
         net.load_state_dict(init_weights)
         log(f"started from the weights of {settings.init_from} ({ledger[-1].get('total_steps')} steps before this run)")
-    model = Objective(net, settings.objective, config, stems, given_share=settings.given_share).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
+    head = None
+    if settings.head or head_state is not None:
+        # --head trains the head on the frozen U-Net, from the file's head or from the identity; a U-Net run from
+        # a file with a head trains the U-Net through that head, frozen, so the run continues what shipped.
+        config["head"] = config.get("head") or dict(DEFAULT_HEAD)
+        head = ReassignHead(len(stems), config["head"])
+        if head_state is not None and not resuming:
+            head.load_state_dict(head_state)
+        (net if settings.head else head).requires_grad_(False)
+    model = Objective(net, settings.objective, config, stems, given_share=settings.given_share, head=head,
+                      polarity_average=settings.head).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
     generator = torch.Generator().manual_seed(settings.seed + 1 + 1000 * rank)  # sigma and noise draws, per rank
     run = RunState()
@@ -324,13 +350,15 @@ def train(
     if resume_from is not None:
         state = torch.load(resume_from, map_location=device, weights_only=True)
         saved = state["settings"]
-        for key in ("objective", "stem"):
-            if saved.get(key) != getattr(settings, key):
+        for key in ("objective", "stem", "head"):
+            if saved.get(key, False if key == "head" else None) != getattr(settings, key):
                 raise ValueError(f"{resume_from} was trained with {key}={saved.get(key)!r}, not {getattr(settings, key)!r}; "
                                  "use another --run-dir or --resume never")
         if state["config"]["unet"] != config["unet"] or tuple(saved["stems"]) != tuple(settings.stems) and not settings.stem:
             raise ValueError(f"{resume_from} has another network config or stems; use another --run-dir or --resume never")
         net.load_state_dict(state["net"])
+        if head is not None:
+            head.load_state_dict(state["head"])
         ema.module.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
@@ -378,6 +406,7 @@ def train(
                 "step": run.step,
                 "seconds": run.seconds,
                 "net": net.state_dict(),
+                **({"head": head.state_dict()} if head is not None else {}),
                 "ema": ema.module.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(),
@@ -397,7 +426,7 @@ def train(
         stems_batch = next(batches).to(device, non_blocking=True)  # (batch, K, time)
         with autocast:
             loss = trained(stems_batch, generator)
-        grad_norm = descend(loss, optimizer, net.parameters(), hp["grad_clip"])
+        grad_norm = descend(loss, optimizer, trainable, hp["grad_clip"])
         ema.update(model, step)
         return {"loss": loss.item()}, {"grad_norm": grad_norm}
 
@@ -457,6 +486,10 @@ def export_model(
     config, saved = state["config"], state["settings"]
     net = UNet1d(config["unet"])
     net.load_state_dict({k[len("net."):]: v for k, v in state["ema"].items() if k.startswith("net.")})
+    head = None
+    if "head" in config:  # a regression separator's spectral head: trained in this run or carried from --init-from
+        head = ReassignHead(net.out_channels, config["head"])
+        head.load_state_dict({k[len(EMA_HEAD):]: v for k, v in state["ema"].items() if k.startswith(EMA_HEAD)})
     objective = saved["objective"]
     stem = saved.get("stem")
     stems = [stem] if stem else list(saved["stems"])
@@ -482,13 +515,14 @@ def export_model(
     # CPU-hours count the threads a CPU run used; a GPU run records its device hours instead.
     hours = state["seconds"] / 3600 * (state.get("threads", 1) if str(state.get("device", "cpu")) == "cpu" else 1)
     ledger.append({"name": name, "steps": state["step"], "total_steps": before + state["step"],
+                   "trained": "head" if saved.get("head") else "network",
                    "device": str(state.get("device", "cpu")),
                    ("cpu_hours" if str(state.get("device", "cpu")) == "cpu" else "device_hours"): round(hours, 3),
                    "metrics": card_metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     training["total_steps"] = before + state["step"]
     training["ledger"] = ledger
     return save_model(out_dir, {stem: net} if kind == "isdm" else net, name=name, kind=kind, stems=stems,
-                      config=config, training=training, metrics=card_metrics, fp16=fp16)
+                      config=config, training=training, metrics=card_metrics, fp16=fp16, head=head)
 
 
 __all__ = ["TrainSettings", "export_model", "resolve_config", "train", "validate", "si_sdr"]
