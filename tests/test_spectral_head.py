@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stemweave.engine.checkpoints import save_model
 from stemweave.engine.models import RegressionSeparator, load_separator
@@ -85,6 +86,10 @@ def test_bad_shapes_and_configs_are_refused():
         ReassignHead(4, {"type": "mask"})
     with pytest.raises(ValueError, match="two stems"):
         ReassignHead(1)
+    for channels in ([], [4, 0]):
+        with pytest.raises(ValueError, match="positive channels"):
+            ReassignHead(4, {"channels": channels})
+    assert ReassignHead(2, {"channels": [1]}).stems == 2  # the smallest head there is
 
 
 def tiny_separator(head=None):
@@ -125,3 +130,50 @@ def test_model_file_round_trip_and_mismatch(tmp_path):
     with pytest.raises(ValueError, match="regression"):
         save_model(tmp_path, separator.net, name="p", kind="msdm", stems=separator.stems, config=config,
                    head=separator.head)
+
+
+def reference_head(head, mixture, stems):
+    """The head written out from its docstring with functional ops: an independent check of the module's wiring."""
+    n_fft, hop, k = head.config["n_fft"], head.config["hop"], stems.shape[1]
+    window = torch.hann_window(n_fft)
+
+    def stft(audio):
+        return torch.stft(audio.reshape(-1, audio.shape[-1]), n_fft, hop, window=window, return_complex=True)
+
+    batch, length = stems.shape[0], stems.shape[-1]
+    stem_specs = stft(stems).reshape(batch, k, n_fft // 2 + 1, -1)
+    mix_spec = stft(mixture).reshape(batch, 1, n_fft // 2 + 1, -1)
+    level = torch.sqrt(torch.mean(mixture**2, dim=2)).clamp_min(1e-5).reshape(batch, 1, 1, 1)
+    h = torch.log(torch.cat([stem_specs, mix_spec], 1).abs() / level + 1e-3)
+    bins, frames = h.shape[-2:]
+    levels = len(head.down)
+    h = F.pad(h, (0, -frames % 2 ** (levels - 1), 0, -bins % 2 ** (levels - 1)))
+
+    def block(seq, h, stride):
+        assert seq[0].weight.shape[-2:] == (3, 3) and seq[2].weight.shape[-2:] == (3, 3)
+        h = F.gelu(F.conv2d(h, seq[0].weight, seq[0].bias, stride=stride, padding=1))
+        return F.gelu(F.conv2d(h, seq[2].weight, seq[2].bias, padding=1))
+
+    skips = []
+    for i, seq in enumerate(head.down):
+        h = block(seq, h, 1 if i == 0 else 2)
+        skips.append(h)
+    for seq, skip in zip(head.up, reversed(skips[:-1])):
+        h = block(seq, torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="nearest"), skip], 1), 1)
+    assert head.out.weight.shape[-2:] == (1, 1)
+    r = torch.tanh(F.conv2d(h, head.out.weight, head.out.bias)[..., :bins, :frames]).reshape(batch, k, k, bins, frames)
+    matrices = torch.eye(k).reshape(1, k, k, 1, 1) + r - r.mean(1, keepdim=True)
+    mixed = torch.einsum("bijfn,bjfn->bifn", matrices.to(stem_specs.dtype), stem_specs)
+    out = torch.istft(mixed.reshape(-1, bins, frames), n_fft, hop, window=window, length=length)
+    return out.reshape(batch, k, length)
+
+
+@pytest.mark.parametrize("k, config", [(4, {"n_fft": 64, "hop": 24, "channels": [3, 5, 6]}),
+                                       (2, {"n_fft": 32, "hop": 8, "channels": [1]})])
+def test_the_module_matches_its_equation_written_out(k, config):
+    head = random_head(k, seed=3, config=config)
+    torch.nn.init.normal_(head.out.weight, std=0.5)  # moderate: tanh not saturated, so the wiring shows
+    stems, mixture = stems_and_mixture(k, length=1000, seed=4)  # 1000: not a multiple of the hop or of 8
+    with torch.no_grad():
+        torch.testing.assert_close(head(mixture, stems), reference_head(head, mixture, stems), atol=1e-6, rtol=0)
+    assert [block[0].out_channels for block in head.down] == config["channels"]
