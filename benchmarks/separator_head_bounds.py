@@ -58,7 +58,9 @@ def main(argv=None) -> int:
     est, mix, true = stft(estimate), stft(mixture), stft(stems)
     power = est.abs() ** 2
     rows["Wiener filter from the estimates"] = istft(power / power.sum(1, keepdim=True).clamp_min(1e-12) * mix, window)
-    rows["ratio mask (oracle)"] = istft(true.abs() / true.abs().sum(1, keepdim=True).clamp_min(1e-8) * mix, window)
+    rows["magnitude ratio mask (oracle)"] = istft(true.abs() / true.abs().sum(1, keepdim=True).clamp_min(1e-8) * mix, window)
+    true_power = true.abs() ** 2
+    rows["power ratio mask (oracle)"] = istft(true_power / true_power.sum(1, keepdim=True).clamp_min(1e-12) * mix, window)
     rows["true magnitudes, mixture phase (oracle)"] = istft(true.abs() * torch.exp(1j * mix.angle()), window)
     rows["true magnitudes, estimates' phases (oracle)"] = istft(true.abs() * torch.exp(1j * est.angle()), window)
     # each estimate's bin goes wholly to the stem whose truth it projects on most (the hard reassignment oracle)

@@ -415,6 +415,7 @@ def train(
                 "last_validation": run.last_validation,
                 "ledger": ledger,
                 "threads": torch.get_num_threads(),
+                "processes": world,
                 "device": str(device),
             },
             checkpoint_path,
@@ -512,12 +513,13 @@ def export_model(
     card_metrics.update(metrics or {})
     ledger = list(state.get("ledger", []))
     before = (ledger[-1].get("total_steps") or 0) if ledger else 0
-    # CPU-hours count the threads a CPU run used; a GPU run records its device hours instead.
-    hours = state["seconds"] / 3600 * (state.get("threads", 1) if str(state.get("device", "cpu")) == "cpu" else 1)
+    # CPU-hours count the threads of every process a CPU run used; a GPU run records its device hours instead.
+    on_cpu = str(state.get("device", "cpu")) == "cpu"
+    hours = state["seconds"] / 3600 * (state.get("threads", 1) * state.get("processes", 1) if on_cpu else 1)
     ledger.append({"name": name, "steps": state["step"], "total_steps": before + state["step"],
                    "trained": "head" if saved.get("head") else "network",
                    "device": str(state.get("device", "cpu")),
-                   ("cpu_hours" if str(state.get("device", "cpu")) == "cpu" else "device_hours"): round(hours, 3),
+                   ("cpu_hours" if on_cpu else "device_hours"): round(hours, 3),
                    "metrics": card_metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     training["total_steps"] = before + state["step"]
     training["ledger"] = ledger
