@@ -55,6 +55,23 @@ def test_the_shipped_separator_returns_stems_that_sum_to_the_mixture():
     assert torch.allclose(stems.sum(dim=1, keepdim=True), mixture, atol=1e-5)
 
 
+def test_the_shipped_separator_carries_its_spectral_head():
+    """The default separator's card names its head and the file holds it: loaded strictly into the default head
+    (so an edit to the head's architecture that the weights do not fit fails here), it changes the stems."""
+    from stemweave.engine.spectral_head import DEFAULT_HEAD
+
+    separator = models.load_separator(models.DEFAULT_SEPARATOR)
+    assert separator.card["head"] == DEFAULT_HEAD and separator.head is not None
+    assert separator.head.out.weight.abs().max() > 0  # trained: not the identity it starts as
+    torch.manual_seed(2)
+    mixture = 0.1 * torch.randn(1, 1, separator.stride * 16)
+    with torch.no_grad():
+        with_head = separator(mixture)
+        separator.head = None
+        without = separator(mixture)
+    assert (with_head - without).abs().max() > 1e-3
+
+
 def test_the_shipped_gmsdi_model_denoises_from_its_packaged_captions():
     from stemweave.engine.gmsdi.inference import GMSDIModel, load_gmsdi_preset
 
@@ -80,7 +97,8 @@ def test_polarity_averaging_keeps_the_networks_odd_part():
     mixture = 0.1 * torch.randn(2, 1, plain.stride * 8)
     with torch.no_grad():
         assert not torch.allclose(plain(-mixture), -plain(mixture), atol=1e-3)  # the network alone is not odd
-        torch.testing.assert_close(odd(-mixture), -odd(mixture), atol=1e-6, rtol=0)
+        torch.testing.assert_close(odd(-mixture), -odd(mixture), atol=1e-6, rtol=0)  # with its spectral head too
+        odd.head = None  # the U-Net's odd part alone, against the formula
         expected = models.project_to_mixture((plain.net(mixture) - plain.net(-mixture)) / 2, mixture)
         torch.testing.assert_close(odd(mixture), expected, atol=1e-6, rtol=0)
         odd.level_normalise = True
