@@ -86,11 +86,15 @@ class ReassignHead(nn.Module):
         if stems.shape[1] != self.stems or mixture.shape[1] != 1 or mixture.shape[-1] != stems.shape[-1]:
             raise ValueError(f"expected a mixture (B, 1, T) and {self.stems} stems (B, {self.stems}, T), "
                              f"got {tuple(mixture.shape)} and {tuple(stems.shape)}")
-        length = stems.shape[-1]
+        # One window at a time: a batch's 2-D feature maps are large enough that the allocator maps and unmaps
+        # them on every call (measured: 1.6 s of system time in 2.8 s of CPU for 16 windows; 0.3 s one by one).
+        return torch.cat([self._remix(m, s) for m, s in zip(mixture.split(1), stems.split(1))])
+
+    def _remix(self, mixture: torch.Tensor, stems: torch.Tensor) -> torch.Tensor:
         level = mixture.detach().pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-5).unsqueeze(-1)  # (B, 1, 1, 1)
         stem_specs = self._stft(stems)
         matrices = self.mixing(self._stft(mixture), stem_specs, level)
-        return self._istft((matrices * stem_specs.unsqueeze(1)).sum(dim=2), length)
+        return self._istft((matrices * stem_specs.unsqueeze(1)).sum(dim=2), stems.shape[-1])
 
 
 __all__ = ["DEFAULT_HEAD", "ReassignHead"]
