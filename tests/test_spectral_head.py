@@ -174,7 +174,14 @@ def reference_head(head, mixture, stems):
 def test_the_module_matches_its_equation_written_out(k, config):
     head = random_head(k, seed=3, config=config)
     torch.nn.init.normal_(head.out.weight, std=0.5)  # moderate: tanh not saturated, so the wiring shows
-    stems, mixture = stems_and_mixture(k, length=1000, seed=4)  # 1000: not a multiple of the hop; 41 frames, 1 more than a multiple of 4
+    stems, mixture = stems_and_mixture(k, length=1010, seed=4)  # not a multiple of the hop; 41 frames, 4 * 10 + 1
     with torch.no_grad():
         torch.testing.assert_close(head(mixture, stems), reference_head(head, mixture, stems), atol=1e-6, rtol=0)
+        # the matrices of a batch are each window's own (forward runs one window at a time; `mixing` takes batches)
+        specs, mix_specs = head._stft(stems), head._stft(mixture)
+        level = mixture.pow(2).mean(-1, keepdim=True).sqrt().unsqueeze(-1)
+        batched = head.mixing(mix_specs, specs, level)
+        one_by_one = torch.cat([head.mixing(mix_specs[i : i + 1], specs[i : i + 1], level[i : i + 1]) for i in range(2)])
+        torch.testing.assert_close(batched, one_by_one, atol=1e-6, rtol=0)
+        torch.testing.assert_close(batched.sum(1), torch.ones_like(batched.sum(1)), atol=1e-6, rtol=0)
     assert [block[0].out_channels for block in head.down] == config["channels"]
