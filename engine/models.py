@@ -27,7 +27,7 @@ from stemweave.engine.denoiser import EDMDenoiser
 from stemweave.engine.latent.prior import LatentPrior
 from stemweave.engine.latent.vae import SourceVAE
 from stemweave.engine.priors import IndependentPrior, JointPrior
-from stemweave.engine.spectral_head import ReassignHead
+from stemweave.engine.spectral_head import ReassignHead, native_bfloat16
 from stemweave.engine.unet import UNet1d
 
 MODEL_DIR = Path(__file__).resolve().parent / "models"
@@ -213,8 +213,10 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu"):
     return prior
 
 
-def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu") -> RegressionSeparator:
-    """A regression model file as a `RegressionSeparator` (eval mode)."""
+def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu",
+                   head_bfloat16: bool | None = None) -> RegressionSeparator:
+    """A regression model file as a `RegressionSeparator` (eval mode). Its spectral head's net runs in bfloat16
+    where the CPU does that natively (`head_bfloat16` None), or as `head_bfloat16` says."""
     if model_kind(name_or_path) == "msldm":
         raise ValueError(f"{name_or_path} is an msldm latent prior, not a regression separator; load it with load_prior")
     model = load_model_file(name_or_path, device)
@@ -224,6 +226,8 @@ def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu")
     if model.head_state is not None:
         head = ReassignHead(len(model.stems), model.card["head"])
         head.load_state_dict(model.head_state)
+        if native_bfloat16(device) if head_bfloat16 is None else head_bfloat16:
+            head.run_net_in(torch.bfloat16)
     return RegressionSeparator(model.net, model.stems, model.card, head=head).to(device).eval()
 
 

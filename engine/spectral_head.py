@@ -12,6 +12,10 @@ matrix depends on magnitudes relative to the mixture's RMS only, so the head is 
 holds) and scale-equivariant (the level normalisation holds; silence in gives silence out). The net is a
 small 2-D U-Net over (frequency, frame); the STFT is torch's, so the head runs in torch (the separator is not
 exported to ONNX).
+
+Inference on a CPU with native bfloat16 convolutions (AVX-512 BF16 or AMX) runs the net in bfloat16, channels
+last: 3.8x faster for the net, the same SI-SDR to 0.01 dB (docs/separation.md). The STFTs, the matrices' tanh and
+the re-mixing stay float32; training stays float32.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ FLOOR = 1e-3  # the log magnitudes' floor, relative to the mixture's RMS (about 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GELU(), nn.Conv2d(c_out, c_out, 3, 1, 1), nn.GELU())
+
+
+def native_bfloat16(device: str | torch.device) -> bool:
+    """Whether `device` is a CPU whose oneDNN runs bfloat16 convolutions natively (else bfloat16 is emulated, slower)."""
+    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available() \
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class ReassignHead(nn.Module):
@@ -53,6 +63,12 @@ class ReassignHead(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def run_net_in(self, dtype: torch.dtype) -> ReassignHead:
+        """Convert the net (not the STFT window) to `dtype`, channels last: bfloat16 for inference on a CPU that has it."""
+        for part in (self.down, self.up, self.out):
+            part.to(dtype=dtype, memory_format=torch.channels_last)
+        return self
+
     def _stft(self, audio: torch.Tensor) -> torch.Tensor:
         flat = audio.reshape(-1, audio.shape[-1])
         spec = torch.stft(flat, self.config["n_fft"], self.config["hop"], window=self.window, return_complex=True)
@@ -63,12 +79,14 @@ class ReassignHead(nn.Module):
         audio = torch.istft(flat, self.config["n_fft"], self.config["hop"], window=self.window, length=length)
         return audio.reshape(*spec.shape[:-2], length)
 
-    def mixing(self, mixture_spec: torch.Tensor, stem_specs: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """The per-bin mixing matrices (B, K_to, K_from, F, N); each column sums to one."""
+    def reassignment(self, mixture_spec: torch.Tensor, stem_specs: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """R = tanh(net(log magnitudes)), per bin: (B, K_to, K_from, F, N), float32."""
         features = torch.log(torch.cat([stem_specs, mixture_spec], 1).abs() / level + FLOOR)
         batch, _, bins, frames = features.shape
         multiple = 2 ** (len(self.down) - 1)
         h = F.pad(features, (0, (-frames) % multiple, 0, (-bins) % multiple))
+        if self.out.weight.dtype != h.dtype:
+            h = h.to(self.out.weight.dtype, memory_format=torch.channels_last)
         skips = []
         for block in self.down:
             h = block(h)
@@ -78,8 +96,12 @@ class ReassignHead(nn.Module):
             skip = skips.pop()
             h = block(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="nearest"), skip], 1))
         k = self.stems
-        r = torch.tanh(self.out(h)[..., :bins, :frames].reshape(batch, k, k, bins, frames))
-        eye = torch.eye(k, device=r.device, dtype=r.dtype).reshape(1, k, k, 1, 1)
+        return torch.tanh(self.out(h)[..., :bins, :frames].float().reshape(batch, k, k, bins, frames))
+
+    def mixing(self, mixture_spec: torch.Tensor, stem_specs: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The per-bin mixing matrices I + R - mean_i R (B, K_to, K_from, F, N); each column sums to one."""
+        r = self.reassignment(mixture_spec, stem_specs, level)
+        eye = torch.eye(self.stems, device=r.device, dtype=r.dtype).reshape(1, self.stems, self.stems, 1, 1)
         return eye + r - r.mean(dim=1, keepdim=True)
 
     def forward(self, mixture: torch.Tensor, stems: torch.Tensor) -> torch.Tensor:
@@ -93,8 +115,10 @@ class ReassignHead(nn.Module):
     def _remix(self, mixture: torch.Tensor, stems: torch.Tensor) -> torch.Tensor:
         level = mixture.detach().pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-5).unsqueeze(-1)  # (B, 1, 1, 1)
         stem_specs = self._stft(stems)
-        matrices = self.mixing(self._stft(mixture), stem_specs, level)
-        return self._istft((matrices * stem_specs.unsqueeze(1)).sum(dim=2), stems.shape[-1])
+        r = self.reassignment(self._stft(mixture), stem_specs, level)
+        # (I + R - mean_i R) S = S + T - mean_i T with T = R S: no (K, K, F, N) temporaries
+        moved = torch.view_as_complex(torch.einsum("bijfn,bjfnc->bifnc", r, torch.view_as_real(stem_specs)).contiguous())
+        return self._istft(stem_specs + moved - moved.mean(dim=1, keepdim=True), stems.shape[-1])
 
 
-__all__ = ["DEFAULT_HEAD", "ReassignHead"]
+__all__ = ["DEFAULT_HEAD", "ReassignHead", "native_bfloat16"]

@@ -112,12 +112,31 @@ def test_separator_with_a_head_keeps_silence_sum_and_bound():
     assert (stems - plain).abs().max() > 1e-3  # the head is in the path
 
 
+def test_a_bfloat16_net_keeps_the_promises_and_the_answer():
+    """Inference in bfloat16 (native CPUs): only the net's precision changes; silence, sum, bound and oddness hold,
+    and the stems stay within bfloat16's rounding of the float32 answer."""
+    separator = tiny_separator(random_head())
+    fast = tiny_separator(random_head())
+    fast.load_state_dict(separator.state_dict())
+    fast.head.run_net_in(torch.bfloat16)
+    assert fast.head.out.weight.dtype == torch.bfloat16 and fast.head.window.dtype == torch.float32
+    mixture = torch.randn(3, 1, 1024) * 0.2
+    mixture[1] = 0.0
+    with torch.no_grad():
+        exact, stems, flipped = separator(mixture), fast(mixture), fast(-mixture)
+    assert stems.dtype == torch.float32 and torch.count_nonzero(stems[1]) == 0
+    torch.testing.assert_close(stems.sum(1, keepdim=True), mixture, atol=1e-6, rtol=0)
+    torch.testing.assert_close(flipped, -stems, atol=1e-6, rtol=0)
+    change = (exact - tiny_separator()(mixture)).norm()
+    assert 0 < (stems - exact).norm() < 0.05 * change  # rounding, not another answer
+
+
 def test_model_file_round_trip_and_mismatch(tmp_path):
     separator = tiny_separator(random_head())
     config = dict(TINY, unet=dict(TINY["unet"], in_channels=1, out_channels=4, conditioning=False))
     save_model(tmp_path, separator.net, name="s", kind="regression", stems=separator.stems, config=config,
                head=separator.head)
-    loaded = load_separator(tmp_path / "s.safetensors")
+    loaded = load_separator(tmp_path / "s.safetensors", head_bfloat16=False)
     card = json.loads((tmp_path / "s.json").read_text())
     assert card["head"] == dict(SMALL_HEAD, type="reassign")
     assert "window" not in separator.head.state_dict()  # the STFT window follows from n_fft: not in the file
