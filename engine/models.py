@@ -226,8 +226,7 @@ def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu",
     if model.head_state is not None:
         head = ReassignHead(len(model.stems), model.card["head"])
         head.load_state_dict(model.head_state)
-        if native_bfloat16(device) if head_bfloat16 is None else head_bfloat16:
-            head.run_net_in(torch.bfloat16)
+        head.use_bfloat16(native_bfloat16(device) if head_bfloat16 is None else head_bfloat16)
     return RegressionSeparator(model.net, model.stems, model.card, head=head).to(device).eval()
 
 

@@ -77,6 +77,7 @@ class TrainSettings:
     remix: float = 0.0  # regression only: this share of windows takes each stem from its own song (the Demucs remix)
     given_share: float = 0.0  # MSDM only: this share of windows shows a random subset of stems clean (`edm_loss`)
     head: bool = False  # regression only: train the spectral head (engine/spectral_head.py) on the frozen U-Net
+    bfloat16: bool = False  # the spectral head's convolutions under bfloat16 autocast (CPUs that have it natively)
     data: tuple[str, ...] = ()
     valid: tuple[str, ...] = ()
     progress: bool = True
@@ -332,6 +333,9 @@ def train(
         if head_state is not None and not resuming:
             head.load_state_dict(head_state)
         (net if settings.head else head).requires_grad_(False)
+        head.use_bfloat16(settings.bfloat16)
+    elif settings.bfloat16:
+        raise ValueError("--bfloat16 runs the spectral head's convolutions in bfloat16: it needs a head (--head)")
     model = Objective(net, settings.objective, config, stems, given_share=settings.given_share, head=head,
                       polarity_average=settings.head).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -118,8 +118,8 @@ def test_a_bfloat16_net_keeps_the_promises_and_the_answer():
     separator = tiny_separator(random_head())
     fast = tiny_separator(random_head())
     fast.load_state_dict(separator.state_dict())
-    fast.head.run_net_in(torch.bfloat16)
-    assert fast.head.out.weight.dtype == torch.bfloat16 and fast.head.window.dtype == torch.float32
+    fast.head.use_bfloat16()
+    assert fast.head.out.weight.dtype == torch.float32 and fast.head.out.weight.is_contiguous(memory_format=torch.channels_last)
     mixture = torch.randn(3, 1, 1024) * 0.2
     mixture[1] = 0.0
     with torch.no_grad():

@@ -18,7 +18,9 @@ from test_train import TINY, SyntheticStems, settings
 HEAD_TINY = dict(TINY, window=1024, head=SMALL_HEAD, train=dict(TINY["train"], lr=3e-3))
 
 
-def test_head_training_freezes_the_unet_and_lowers_the_loss(tmp_path):
+@pytest.mark.parametrize("bfloat16", [False, True], ids=["float32", "bfloat16"])
+def test_head_training_freezes_the_unet_and_lowers_the_loss(tmp_path, bfloat16):
+    """Both precisions train the head (`--bfloat16`: the convolutions under autocast, the weights float32)."""
     quiet = lambda *_: None  # noqa: E731
     train(settings(tmp_path / "u", "regression", config=dict(TINY, window=1024), steps=30), SyntheticStems(0, window=1024),
           log=quiet)
@@ -27,7 +29,7 @@ def test_head_training_freezes_the_unet_and_lowers_the_loss(tmp_path):
     assert before.head is None
 
     s = settings(tmp_path / "h", "regression", config=HEAD_TINY, steps=150, head=True, valid_windows=16,
-                 init_from=str(tmp_path / "m" / "sep.safetensors"))
+                 bfloat16=bfloat16, init_from=str(tmp_path / "m" / "sep.safetensors"))
     summary = train(s, SyntheticStems(0, window=1024), SyntheticStems(99, window=1024), log=quiet)
     export_model(tmp_path / "h" / "run", "sep-head", out_dir=tmp_path / "m")
     after = load_separator(tmp_path / "m" / "sep-head.safetensors")
@@ -62,3 +64,5 @@ def test_head_needs_a_trained_separator(tmp_path):
         train(settings(tmp_path, "regression", head=True), SyntheticStems(0), log=lambda *_: None)
     with pytest.raises(ValueError, match="--objective regression"):
         train(settings(tmp_path, "diffusion", head=True, init_from="x"), SyntheticStems(0), log=lambda *_: None)
+    with pytest.raises(ValueError, match="needs a head"):
+        train(settings(tmp_path, "regression", bfloat16=True), SyntheticStems(0), log=lambda *_: None)
