@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from stemweave.engine.checkpoints import save_model
 from stemweave.engine.models import RegressionSeparator, load_separator
-from stemweave.engine.spectral_head import ReassignHead
+from stemweave.engine.spectral_head import ReassignHead, native_bfloat16
 from stemweave.engine.unet import UNet1d
 
 from test_train import TINY
@@ -131,12 +131,30 @@ def test_a_bfloat16_net_keeps_the_promises_and_the_answer():
     assert 0 < (stems - exact).norm() < 0.05 * change  # rounding, not another answer
 
 
+def test_native_bfloat16_is_the_cpus_own_answer_and_only_a_cpus():
+    expected = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert native_bfloat16("cpu") == expected and native_bfloat16(torch.device("cpu")) == expected
+    assert not native_bfloat16("cuda") and not native_bfloat16("meta")
+
+
+def test_use_bfloat16_lays_the_net_out_channels_last_and_back():
+    head = random_head()
+    kernels = [p for p in head.parameters() if p.dim() == 4 and p.shape[-1] > 1]  # 3 x 3: the layouts differ
+    assert kernels and not head.bfloat16
+    head.use_bfloat16()
+    assert head.bfloat16 and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                                 for p in kernels)
+    head.use_bfloat16(False)
+    assert not head.bfloat16 and all(p.is_contiguous() for p in kernels)
+
+
 def test_model_file_round_trip_and_mismatch(tmp_path):
     separator = tiny_separator(random_head())
     config = dict(TINY, unet=dict(TINY["unet"], in_channels=1, out_channels=4, conditioning=False))
     save_model(tmp_path, separator.net, name="s", kind="regression", stems=separator.stems, config=config,
                head=separator.head)
     loaded = load_separator(tmp_path / "s.safetensors", head_bfloat16=False)
+    assert not loaded.head.bfloat16 and load_separator(tmp_path / "s.safetensors").head.bfloat16 == native_bfloat16("cpu")
     card = json.loads((tmp_path / "s.json").read_text())
     assert card["head"] == dict(SMALL_HEAD, type="reassign")
     assert "window" not in separator.head.state_dict()  # the STFT window follows from n_fft: not in the file
