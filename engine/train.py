@@ -38,7 +38,7 @@ from stemweave.engine.checkpoints import atomic_torch_save, save_model
 from stemweave.engine.denoiser import EDMDenoiser, edm_loss, sample_given_stems, sample_training_sigma
 from stemweave.engine.metrics import si_sdr
 from stemweave.engine.models import MODEL_DIR, RegressionSeparator, load_model_file
-from stemweave.engine.spectral_head import DEFAULT_HEAD, ReassignHead
+from stemweave.engine.spectral_head import DEFAULT_HEAD, ReassignHead, native_bfloat16
 from stemweave.engine.steps import RunState, Schedule, descend, run_steps
 from stemweave.engine.unet import UNet1d, count_parameters, load_config
 
@@ -334,6 +334,8 @@ def train(
             head.load_state_dict(head_state)
         (net if settings.head else head).requires_grad_(False)
         head.use_bfloat16(settings.bfloat16)
+        if settings.bfloat16 and device.type == "cpu" and not native_bfloat16(device):
+            log("warning: this CPU has no native bfloat16 convolutions; --bfloat16 emulates them and runs slower")
     elif settings.bfloat16:
         raise ValueError("--bfloat16 runs the spectral head's convolutions in bfloat16: it needs a head (--head)")
     model = Objective(net, settings.objective, config, stems, given_share=settings.given_share, head=head,
