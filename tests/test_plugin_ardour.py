@@ -101,6 +101,10 @@ local function bounce(s, source, samples, live)
   local route = s:route_by_name("Bounce")
   local bounce_track
   if route:isnil() then
+    -- Ardour connects a new track's input to the physical inputs on a thread of its own, at a time of its own: after
+    -- the disconnect_all below, now and then, which added the dummy's live noise to the bounce. New tracks from here
+    -- on are connected by hand only.
+    ARDOUR.config():set_input_auto_connect(ARDOUR.AutoConnectOption.ManualConnect)
     bounce_track = s:new_audio_track(2, 2, nil, 1, "Bounce", ARDOUR.PresentationInfo.max_order,
                                      ARDOUR.TrackMode.Normal, true):front()
   else
@@ -117,6 +121,7 @@ local function bounce(s, source, samples, live)
   local monitor = live and ARDOUR.MonitorChoice.MonitorInput or ARDOUR.MonitorChoice.MonitorDisk
   source:monitoring_control():set_value(monitor, PBD.GroupControlDisposition.NoGroup)
   local armed = live and {{bounce_track, source}} or {{bounce_track}}
+  if live then wait_for("the source's input", function() return source:input():audio(0):connected() end, 10) end
   for _, t in ipairs(armed) do t:rec_enable_control():set_value(1, PBD.GroupControlDisposition.NoGroup) end
   s:request_locate(0, false, ARDOUR.LocateTransportDisposition.MustStop, ARDOUR.TransportRequestSource.TRS_UI)
   wait_for("the locate", function() return s:transport_sample() == 0 end, 10)
@@ -153,6 +158,7 @@ wait_for("the transport to stop", function() return not s:transport_rolling() en
 s:disable_record(false, false)
 track:rec_enable_control():set_value(0, PBD.GroupControlDisposition.NoGroup)
 wait_for("the stems", function() return param(proc, {STATUS}) == 3 end, 60)
+wait_for("the take", function() return not track:playlist():region_list():empty() end, 10)  -- made after the stop
 say("STATUS", param(proc, {STATUS}), "CAPTURED", param(proc, {CAPTURED}))
 for r in track:playlist():region_list():iter() do say("REGION", r:position():samples(), r:length():samples()) end
 set(proc, {CAPTURE}, 0) set(proc, {SEPARATE}, 0)
