@@ -115,6 +115,15 @@ class RegressionSeparator(nn.Module):
         self.polarity_average = bool(self.card.get("polarity_average", True) if polarity_average is None
                                      else polarity_average)
         self.head = head
+        self.bfloat16 = False
+
+    def use_bfloat16(self, enabled: bool = True) -> RegressionSeparator:
+        """Run the U-Net and the head's net under bfloat16 autocast (weights, STFTs, projections stay float32),
+        or in float32 again: on a CPU with native bfloat16, 1.7x faster for the U-Net at the same SI-SDR."""
+        self.bfloat16 = enabled
+        if self.head is not None:
+            self.head.use_bfloat16(enabled)
+        return self
 
     @property
     def stride(self) -> int:
@@ -152,9 +161,10 @@ class RegressionSeparator(nn.Module):
 
     def _odd_part(self, mixture: torch.Tensor) -> torch.Tensor:
         """(net(y) - net(-y)) / 2 in one batch when averaging polarities, else net(y)."""
-        if not self.polarity_average:
-            return self.net(mixture)
-        both = self.net(torch.cat([mixture, -mixture]))
+        with torch.autocast(mixture.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            if not self.polarity_average:
+                return self.net(mixture).float()
+            both = self.net(torch.cat([mixture, -mixture])).float()
         return (both[: len(mixture)] - both[len(mixture) :]) / 2
 
 
@@ -214,9 +224,9 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu"):
 
 
 def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu",
-                   head_bfloat16: bool | None = None) -> RegressionSeparator:
-    """A regression model file as a `RegressionSeparator` (eval mode). Its spectral head's net runs in bfloat16
-    where the CPU does that natively (`head_bfloat16` None), or as `head_bfloat16` says."""
+                   bfloat16: bool | None = None) -> RegressionSeparator:
+    """A regression model file as a `RegressionSeparator` (eval mode). Its U-Net and spectral head run in bfloat16
+    where the CPU does that natively (`bfloat16` None), or as `bfloat16` says."""
     if model_kind(name_or_path) == "msldm":
         raise ValueError(f"{name_or_path} is an msldm latent prior, not a regression separator; load it with load_prior")
     model = load_model_file(name_or_path, device)
@@ -226,8 +236,8 @@ def load_separator(name_or_path: str | Path, device: str | torch.device = "cpu",
     if model.head_state is not None:
         head = ReassignHead(len(model.stems), model.card["head"])
         head.load_state_dict(model.head_state)
-        head.use_bfloat16(native_bfloat16(device) if head_bfloat16 is None else head_bfloat16)
-    return RegressionSeparator(model.net, model.stems, model.card, head=head).to(device).eval()
+    separator = RegressionSeparator(model.net, model.stems, model.card, head=head).to(device).eval()
+    return separator.use_bfloat16(native_bfloat16(device) if bfloat16 is None else bfloat16)
 
 
 def _read_latent_file(name_or_path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

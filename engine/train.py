@@ -77,7 +77,7 @@ class TrainSettings:
     remix: float = 0.0  # regression only: this share of windows takes each stem from its own song (the Demucs remix)
     given_share: float = 0.0  # MSDM only: this share of windows shows a random subset of stems clean (`edm_loss`)
     head: bool = False  # regression only: train the spectral head (engine/spectral_head.py) on the frozen U-Net
-    bfloat16: bool = False  # the spectral head's convolutions under bfloat16 autocast (CPUs that have it natively)
+    bfloat16: bool = False  # regression only: the separator's nets under bfloat16 autocast, as inference runs them
     data: tuple[str, ...] = ()
     valid: tuple[str, ...] = ()
     progress: bool = True
@@ -333,13 +333,14 @@ def train(
         if head_state is not None and not resuming:
             head.load_state_dict(head_state)
         (net if settings.head else head).requires_grad_(False)
-        head.use_bfloat16(settings.bfloat16)
-        if settings.bfloat16 and device.type == "cpu" and not native_bfloat16(device):
-            log("warning: this CPU has no native bfloat16 convolutions; --bfloat16 emulates them and runs slower")
-    elif settings.bfloat16:
-        raise ValueError("--bfloat16 runs the spectral head's convolutions in bfloat16: it needs a head (--head)")
+    if settings.bfloat16 and settings.objective != "regression":
+        raise ValueError("--bfloat16 runs a regression separator's nets in bfloat16: it needs --objective regression")
+    if settings.bfloat16 and device.type == "cpu" and not native_bfloat16(device):
+        log("warning: this CPU has no native bfloat16 convolutions; --bfloat16 emulates them and runs slower")
     model = Objective(net, settings.objective, config, stems, given_share=settings.given_share, head=head,
                       polarity_average=settings.head).to(device)
+    if settings.bfloat16:
+        model.separator.use_bfloat16()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])

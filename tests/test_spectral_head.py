@@ -112,23 +112,36 @@ def test_separator_with_a_head_keeps_silence_sum_and_bound():
     assert (stems - plain).abs().max() > 1e-3  # the head is in the path
 
 
-def test_a_bfloat16_net_keeps_the_promises_and_the_answer():
-    """Inference in bfloat16 (native CPUs): only the net's precision changes; silence, sum, bound and oddness hold,
-    and the stems stay within bfloat16's rounding of the float32 answer."""
-    separator = tiny_separator(random_head())
-    fast = tiny_separator(random_head())
+@pytest.mark.parametrize("with_head", [True, False])
+def test_a_bfloat16_separator_keeps_the_promises_and_the_answer(with_head):
+    """Inference in bfloat16 (native CPUs): only the nets' precision changes (the U-Net's and the head's); silence,
+    sum, bound and oddness hold, the stems stay within bfloat16's rounding of the float32 answer, and float32 again
+    gives that answer back."""
+    separator = tiny_separator(random_head() if with_head else None)
+    fast = tiny_separator(random_head() if with_head else None)
     fast.load_state_dict(separator.state_dict())
-    fast.head.use_bfloat16()
-    assert fast.head.out.weight.dtype == torch.float32 and fast.head.out.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.use_bfloat16() is fast and fast.bfloat16
+    if with_head:
+        assert fast.head.bfloat16 and fast.head.out.weight.dtype == torch.float32
+        assert fast.head.out.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.dtype == torch.float32 for p in fast.parameters())
     mixture = torch.randn(3, 1, 1024) * 0.2
     mixture[1] = 0.0
     with torch.no_grad():
         exact, stems, flipped = separator(mixture), fast(mixture), fast(-mixture)
+        unet = fast.net(mixture)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            unet_bf16 = fast.net(mixture)
     assert stems.dtype == torch.float32 and torch.count_nonzero(stems[1]) == 0
     torch.testing.assert_close(stems.sum(1, keepdim=True), mixture, atol=1e-6, rtol=0)
+    peak = mixture.abs().amax(-1, keepdim=True)
+    assert (stems.abs() <= (2 * 1.5 + 0.25) * peak + 1e-6).all()
     torch.testing.assert_close(flipped, -stems, atol=1e-6, rtol=0)
-    change = (exact - tiny_separator()(mixture)).norm()
-    assert 0 < (stems - exact).norm() < 0.05 * change  # rounding, not another answer
+    assert unet_bf16.dtype == torch.bfloat16 and 0 < (unet_bf16.float() - unet).norm() < 0.02 * unet.norm()
+    assert 0 < (stems - exact).norm() < 0.02 * exact.norm()  # rounding, not another answer
+    with torch.no_grad():
+        torch.testing.assert_close(fast.use_bfloat16(False)(mixture), exact, atol=1e-6, rtol=0)
+    assert not fast.bfloat16 and (not with_head or not fast.head.bfloat16)
 
 
 def test_native_bfloat16_is_the_cpus_own_answer_and_only_a_cpus():
@@ -153,8 +166,10 @@ def test_model_file_round_trip_and_mismatch(tmp_path):
     config = dict(TINY, unet=dict(TINY["unet"], in_channels=1, out_channels=4, conditioning=False))
     save_model(tmp_path, separator.net, name="s", kind="regression", stems=separator.stems, config=config,
                head=separator.head)
-    loaded = load_separator(tmp_path / "s.safetensors", head_bfloat16=False)
-    assert not loaded.head.bfloat16 and load_separator(tmp_path / "s.safetensors").head.bfloat16 == native_bfloat16("cpu")
+    loaded = load_separator(tmp_path / "s.safetensors", bfloat16=False)
+    assert not loaded.bfloat16 and not loaded.head.bfloat16
+    native = load_separator(tmp_path / "s.safetensors")
+    assert native.bfloat16 == native.head.bfloat16 == native_bfloat16("cpu")
     card = json.loads((tmp_path / "s.json").read_text())
     assert card["head"] == dict(SMALL_HEAD, type="reassign")
     assert "window" not in separator.head.state_dict()  # the STFT window follows from n_fft: not in the file

@@ -64,5 +64,5 @@ def test_head_needs_a_trained_separator(tmp_path):
         train(settings(tmp_path, "regression", head=True), SyntheticStems(0), log=lambda *_: None)
     with pytest.raises(ValueError, match="--objective regression"):
         train(settings(tmp_path, "diffusion", head=True, init_from="x"), SyntheticStems(0), log=lambda *_: None)
-    with pytest.raises(ValueError, match="needs a head"):
-        train(settings(tmp_path, "regression", bfloat16=True), SyntheticStems(0), log=lambda *_: None)
+    with pytest.raises(ValueError, match="needs --objective regression"):
+        train(settings(tmp_path, "diffusion", bfloat16=True), SyntheticStems(0), log=lambda *_: None)

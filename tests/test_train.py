@@ -67,8 +67,10 @@ def test_diffusion_training_lowers_validation_loss(tmp_path):
     assert after["loss"] < 0.8 * before["loss"], (before, after)
 
 
-def test_regression_training_improves_si_sdr(tmp_path):
-    s = settings(tmp_path, "regression", steps=60)
+@pytest.mark.parametrize("bfloat16", [False, True], ids=["float32", "bfloat16"])
+def test_regression_training_improves_si_sdr(tmp_path, bfloat16):
+    """Both precisions train the U-Net (`--bfloat16`: autocast, float32 weights): bfloat16 is another run, not none."""
+    s = settings(tmp_path, "regression", steps=60, bfloat16=bfloat16)
     before = initial_validation(s, SyntheticStems(99))
     summary = train(s, SyntheticStems(0), SyntheticStems(99), log=lambda *_: None)
     after = summary["validation"]
@@ -77,6 +79,13 @@ def test_regression_training_improves_si_sdr(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]
+    weights = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["ema"]
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    if bfloat16:
+        other = settings(tmp_path / "f32", "regression", steps=60)
+        train(other, SyntheticStems(0), SyntheticStems(99), log=lambda *_: None)
+        float32 = torch.load(tmp_path / "f32" / "run" / "checkpoints" / "last.pt", weights_only=True)["ema"]
+        assert any((float32[k] - w).abs().max() > 1e-4 for k, w in weights.items() if w.is_floating_point())
 
 
 def test_resume_continues_step_count(tmp_path):

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--float32", action="store_true",
+                        help="run regression separators in float32 where the CPU would use bfloat16 (to compare)")
     parser.add_argument("--generation", action="store_true",
                         help="instead of separation: accompany every subset of stems given the rest of real windows "
                         "(and generate all of them), scoring the mixtures by a Fréchet distance on log-mel frames "
@@ -109,16 +111,19 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         raise UserError(str(error)) from None
 
+    def separator(name: str):
+        return load_separator(name, bfloat16=False if args.float32 else None)
+
     methods = []  # (label, method, evaluations per window)
     for baseline in baselines:
         method = {"mixture": ev.mixture_method, "oracle": ev.oracle_method, "classical": ev.classical_method(rate, stems)}[baseline]
         methods.append((baseline, method, 0))
-    refiner = ev.regression_method(load_separator(args.refine_from)) if args.refine_from else None
+    refiner = ev.regression_method(separator(args.refine_from)) if args.refine_from else None
     for name, card in cards.items():
         if name == args.refine_from and name not in args.model:
             continue
         if card["kind"] == "regression":
-            methods.append((name, ev.regression_method(load_separator(name)), 1))
+            methods.append((name, ev.regression_method(separator(name)), 1))
             continue
         prior = load_prior(name)
         for preset in presets:

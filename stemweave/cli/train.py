@@ -46,8 +46,9 @@ def register(subparsers) -> None:
                    help="regression only, with --init-from a separator: train its spectral head (per-bin re-mixing of "
                         "the stems, docs/separation.md) on the frozen U-Net; continues the file's head if it has one")
     p.add_argument("--bfloat16", action="store_true",
-                   help="with a spectral head: its convolutions in bfloat16 (autocast; weights stay float32), 1.9x "
-                        "faster on CPUs with AVX-512 BF16 or AMX, as inference runs them there (docs/separation.md)")
+                   help="regression only: the separator's U-Net and spectral head in bfloat16 (autocast; weights stay "
+                        "float32), 1.9x faster on CPUs with AVX-512 BF16 or AMX, as inference runs them there "
+                        "(docs/separation.md)")
     p.add_argument("--given-share", type=float, default=0.0, metavar="P",
                    help="MSDM only: show this share of training windows a random subset of the stems clean, so the "
                         "prior learns to hear given stems (accompaniment; docs/priors.md); keep it when continuing")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""One separation of 60 s of stereo 44.1 kHz through `run_region`, two threads, with the spectral head's net in
-bfloat16 or float32: the command `farm-bench` times in pairs (docs/separation.md, stop 30).
+"""One separation of 60 s of stereo 44.1 kHz through `run_region`, two threads, with the separator's nets (the
+U-Net and the spectral head's) in bfloat16 or float32: the command `farm-bench` times in pairs (docs/separation.md).
 
-    farm-bench -n 5 --timeout 400 --vs "python benchmarks/head_precision.py float32" -- python benchmarks/head_precision.py bfloat16
+    farm-bench -n 5 --timeout 400 --vs "python benchmarks/precision.py float32" -- python benchmarks/precision.py bfloat16
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    separator = load_separator(args.model, head_bfloat16=args.precision == "bfloat16")
+    separator = load_separator(args.model, bfloat16=args.precision == "bfloat16")
     t = np.arange(int(args.seconds * 44100)) / 44100
     noise = np.random.default_rng(0).standard_normal(t.size)
     audio = np.stack([0.2 * np.sin(2 * np.pi * 110 * t) + 0.05 * noise] * 2).astype(np.float32)
