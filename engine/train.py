@@ -298,6 +298,8 @@ def train(
     if settings.head and (settings.objective != "regression" or not settings.init_from):
         raise ValueError("--head trains a regression separator's spectral head on a trained U-Net: it needs "
                          "--objective regression and --init-from a separator")
+    if settings.bfloat16 and settings.objective != "regression":
+        raise ValueError("--bfloat16 runs a regression separator's nets in bfloat16: it needs --objective regression")
     if settings.given_share and (settings.kind() != "msdm" or len(settings.stems) < 2 or not 0 < settings.given_share <= 1):
         raise ValueError("--given-share P (0 < P <= 1) is for a joint prior (MSDM, two stems or more): it shows some "
                          "stems clean so the prior learns to hear them")
@@ -333,8 +335,6 @@ def train(
         if head_state is not None and not resuming:
             head.load_state_dict(head_state)
         (net if settings.head else head).requires_grad_(False)
-    if settings.bfloat16 and settings.objective != "regression":
-        raise ValueError("--bfloat16 runs a regression separator's nets in bfloat16: it needs --objective regression")
     if settings.bfloat16 and device.type == "cpu" and not native_bfloat16(device):
         log("warning: this CPU has no native bfloat16 convolutions; --bfloat16 emulates them and runs slower")
     model = Objective(net, settings.objective, config, stems, given_share=settings.given_share, head=head,
